@@ -1,0 +1,187 @@
+"""Configuration: one typed object per concern, every knob with its default and unit beside it.
+
+Presets are data (TOML files in ``attribution_pipeline/presets/``), not code branches: a preset
+only overrides fields of these dataclasses. ``PipelineConfig.from_dict`` rejects unknown keys
+so a typo in a preset or an override fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PRESET_DIR = Path(__file__).parent / "presets"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = REPO_ROOT / "data"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Unconditional diffusers ``UNet2DModel`` and its DDPM noise schedule."""
+
+    sample_size: int = 8  # pixels per side of the model's images
+    channels: int = 1  # 1 = grayscale, 3 = RGB
+    block_out_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D")
+    norm_num_groups: int = 8
+    attention_head_dim: int = 8
+    num_train_timesteps: int = 1000  # DDPM diffusion steps
+    beta_schedule: str = "squaredcos_cap_v2"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of the full model on all contributors (step 1 of sparsified fine-tuning)."""
+
+    steps: int = 1500  # optimizer steps
+    batch_size: int = 128  # images per step
+    lr: float = 2e-3  # peak Adam learning rate
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to 10% of lr
+    ema_decay: float = 0.999  # EMA of the weights; the EMA weights are what is saved and sampled
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Structural pruning of the full model, then fine-tuning it on all data (steps 2 and 3)."""
+
+    ratio: float = 0.3  # fraction of channels REMOVED per layer (paper: 0.3 for the DDPM setting)
+    importance: str = "magnitude"  # "magnitude" or "taylor"
+    finetune_steps: int = 500  # steps of fine-tuning the pruned model on all data
+    finetune_lr: float = 1e-3
+    batch_size: int = 128
+    ema_decay: float = 0.999
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CoalitionFinetuneConfig:
+    """Fine-tuning the pruned base on one coalition's data (step 4; k steps)."""
+
+    steps: int = 100  # k: optimizer steps per coalition
+    lr: float = 1e-3
+    batch_size: int = 64
+    # EMA during the coalition fine-tune: "reset" starts a fresh EMA from the base weights with
+    # warm-up (so the EMA follows the short fine-tune), "continue" carries the base's EMA with a
+    # fixed decay (the reference code's choice), "none" samples from the raw weights.
+    ema: str = "reset"
+    ema_decay: float = 0.999  # decay for "continue"; the cap of the warm-up for "reset"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """DDIM generation. Every coalition uses the same noise seeds (common random numbers)."""
+
+    n_images: int = 256  # images generated per model
+    ddim_steps: int = 25
+    batch_size: int = 256
+    seed: int = 1234  # seed of the initial noise, shared by every coalition
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Reference classifier of the default game: labels are the contributors."""
+
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+    inception_weights: str | None = None  # local clean-fid Inception weights; None = classifier features
+
+
+@dataclass(frozen=True)
+class ValuationConfig:
+    """Which coalitions are evaluated and how Shapley values are fitted."""
+
+    budget: int = 60  # coalitions evaluated besides the empty and the full one
+    seed: int = 0  # seed of the coalition design and of the bootstrap
+    properties: tuple[str, ...] = ("quality", "diversity")
+    estimator: str = "auto"  # the estimator whose rows the CLI prints
+    coalitions_per_run: int = 16  # coalition partitions materialized per Dagster run by the CLI
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a valuation needs. ``workdir`` holds checkpoints, images, DuckDB and Dagster home."""
+
+    contributors_dir: str = str(DEFAULT_DATA_DIR / "contributors")
+    workdir: str = str(DEFAULT_DATA_DIR / "runs" / "default")
+    preset: str = "digits"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: CoalitionFinetuneConfig = field(default_factory=CoalitionFinetuneConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    valuation: ValuationConfig = field(default_factory=ValuationConfig)
+
+    # ---- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PipelineConfig":
+        return _build(cls, data, "config")
+
+    def override(self, changes: dict[str, Any]) -> "PipelineConfig":
+        """A copy with ``changes`` (nested dicts, same shape as ``to_dict``) applied."""
+        merged = _deep_merge(self.to_dict(), changes)
+        return PipelineConfig.from_dict(merged)
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir).resolve()
+
+    @property
+    def contributors_path(self) -> Path:
+        return Path(self.contributors_dir).resolve()
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """Read a preset TOML (a name from ``presets/`` or a file path) into a nested dict."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+        raise FileNotFoundError(f"preset {name_or_path!r} not found at {path}; known presets: {known}")
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, data: dict[str, Any], where: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = known[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

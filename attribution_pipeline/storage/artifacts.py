@@ -1,0 +1,118 @@
+"""Artifacts are files (or folders) with manifests, written atomically.
+
+A writer fills a temporary sibling (``.name.tmp-XXXX``) and renames it into place only once the
+content and its ``manifest.json`` are complete, so a killed process never leaves something that
+looks finished. The manifest's ``content_hash`` is the artifact's data version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactMissingError(FileNotFoundError):
+    """An artifact folder is absent or incomplete (no manifest)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_folder(folder: Path) -> tuple[str, dict[str, str]]:
+    """(combined hash, {relative path: sha256}) of every file under ``folder`` except the manifest."""
+    files = {}
+    for f in sorted(Path(folder).rglob("*")):
+        if f.is_file() and f.name != MANIFEST:
+            files[f.relative_to(folder).as_posix()] = sha256_file(f)
+    combined = hashlib.sha256("\n".join(f"{k} {v}" for k, v in files.items()).encode()).hexdigest()
+    return combined, files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path, metadata: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder; on success write its manifest and rename it to ``final``.
+
+    An existing ``final`` is replaced only after the new content is complete. On an exception the
+    temporary folder is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        content_hash, files = hash_folder(tmp)
+        manifest = {
+            "content_hash": content_hash,
+            "files": files,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(metadata or {}),
+        }
+        atomic_write_json(tmp / MANIFEST, manifest)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of a complete artifact folder; ArtifactMissingError names what is missing."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ArtifactMissingError(
+            f"{folder} is not a complete artifact (no {MANIFEST}); materialize its asset again"
+        )
+    return json.loads(path.read_text())
+
+
+def is_complete(folder: Path) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def cleanup_stale_temporaries(parent: Path) -> int:
+    """Remove ``.*.tmp-*`` leftovers of killed writers under ``parent``; returns how many."""
+    n = 0
+    if Path(parent).is_dir():
+        for p in Path(parent).glob(".*.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            n += 1
+    return n

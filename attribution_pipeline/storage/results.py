@@ -1,0 +1,179 @@
+"""DuckDB results store: every number a valuation produces, queryable with SQL.
+
+DuckDB lets one process write a database file at a time. Coalition runs may be many processes,
+so every connection here is opened briefly under an inter-process file lock
+(``attribution.duckdb.lock``) and closed at once: writers queue instead of failing. Writes are
+idempotent upserts keyed by their natural keys, so a re-run after a crash adds no duplicates.
+An external reader holding the file (an analyst's session) is waited for with back-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import polars as pl
+from filelock import FileLock
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS contributors (
+        contributor VARCHAR PRIMARY KEY,
+        n_images INTEGER NOT NULL,
+        data_hash VARCHAR NOT NULL,
+        n_skipped_files INTEGER DEFAULT 0,
+        path VARCHAR,
+        registered_at TIMESTAMP DEFAULT current_timestamp
+    )""",
+    """CREATE TABLE IF NOT EXISTS coalitions (
+        coalition_key VARCHAR PRIMARY KEY,
+        members VARCHAR[] NOT NULL,
+        size INTEGER NOT NULL,
+        kind VARCHAR NOT NULL,          -- 'empty', 'full' or 'sampled'
+        plan_index INTEGER,             -- position in the seeded coalition design (prefix-stable)
+        planned_at TIMESTAMP DEFAULT current_timestamp
+    )""",
+    """CREATE TABLE IF NOT EXISTS utilities (
+        coalition_key VARCHAR NOT NULL,
+        property VARCHAR NOT NULL,
+        value DOUBLE NOT NULL,
+        method VARCHAR NOT NULL,        -- 'sft', 'untrained', 'full_model', ...
+        seed INTEGER NOT NULL,          -- the coalition fine-tune seed
+        elapsed_s DOUBLE,               -- fine-tune + generation + scoring, seconds
+        base_version VARCHAR,           -- data version of the model the coalition started from
+        n_images INTEGER,               -- generated images scored
+        device VARCHAR,
+        computed_at TIMESTAMP DEFAULT current_timestamp,
+        PRIMARY KEY (coalition_key, property, method, seed)
+    )""",
+    """CREATE TABLE IF NOT EXISTS valuation_rounds (
+        round_id VARCHAR PRIMARY KEY,
+        computed_at TIMESTAMP NOT NULL,
+        contributors VARCHAR[] NOT NULL,
+        budget INTEGER NOT NULL,
+        n_coalitions INTEGER NOT NULL,
+        base_version VARCHAR,
+        default_estimator VARCHAR,
+        seed INTEGER,
+        versions VARCHAR                -- JSON: package versions
+    )""",
+    """CREATE TABLE IF NOT EXISTS shapley_values (
+        round_id VARCHAR NOT NULL,
+        contributor VARCHAR NOT NULL,
+        property VARCHAR NOT NULL,
+        value DOUBLE NOT NULL,
+        std_error DOUBLE,
+        ci_low DOUBLE,
+        ci_high DOUBLE,
+        rank INTEGER,
+        rank_low INTEGER,
+        rank_high INTEGER,
+        estimator VARCHAR NOT NULL,
+        value_kind VARCHAR NOT NULL,    -- 'shapley' or 'banzhaf'
+        is_default BOOLEAN NOT NULL,    -- the estimator the CLI prints
+        n_coalitions INTEGER NOT NULL,
+        v_full DOUBLE,
+        v_empty DOUBLE,
+        computed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (round_id, contributor, property, estimator)
+    )""",
+    """CREATE OR REPLACE VIEW latest_shapley_values AS
+        SELECT s.* FROM shapley_values s
+        WHERE s.round_id = (SELECT round_id FROM valuation_rounds ORDER BY computed_at DESC LIMIT 1)""",
+]
+
+TABLE_KEYS = {
+    "contributors": ("contributor",),
+    "coalitions": ("coalition_key",),
+    "utilities": ("coalition_key", "property", "method", "seed"),
+    "valuation_rounds": ("round_id",),
+    "shapley_values": ("round_id", "contributor", "property", "estimator"),
+}
+
+
+class ResultStore:
+    """All reads and writes of ``<workdir>/attribution.duckdb``."""
+
+    def __init__(self, path: str | Path, lock_timeout_s: float = 600.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
+        self._schema_ready = False
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection under the inter-process lock."""
+        with self._lock:
+            con = self._open_with_backoff()
+            try:
+                if not self._schema_ready:
+                    for stmt in SCHEMA:
+                        con.execute(stmt)
+                    self._schema_ready = True
+                yield con
+            finally:
+                con.close()
+
+    def _open_with_backoff(self, attempts: int = 40) -> duckdb.DuckDBPyConnection:
+        delay = 0.05
+        for i in range(attempts):
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:  # another process (not ours) holds the file
+                if "lock" not in str(exc).lower() or i == attempts - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 1.5, 2.0)
+        raise RuntimeError("unreachable")
+
+    # ---- writes -------------------------------------------------------------------------
+    def upsert(self, table: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert or replace ``rows`` by the table's natural key, in one transaction."""
+        if not rows:
+            return 0
+        keys = TABLE_KEYS[table]
+        columns = list(rows[0].keys())
+        missing = [k for k in keys if k not in columns]
+        if missing:
+            raise ValueError(f"rows for {table} lack key column(s) {missing}")
+        df = pl.DataFrame(rows, infer_schema_length=None)
+        with self.connect() as con:
+            con.register("incoming", df)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                on = " AND ".join(f"t.{k} = i.{k}" for k in keys)
+                con.execute(f"DELETE FROM {table} t USING incoming i WHERE {on}")
+                cols = ", ".join(columns)
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("incoming")
+        return len(rows)
+
+    def delete_where(self, table: str, where: str, params: Sequence[Any] = ()) -> None:
+        with self.connect() as con:
+            con.execute(f"DELETE FROM {table} WHERE {where}", list(params))
+
+    # ---- reads --------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+        with self.connect() as con:
+            return con.execute(sql, list(params)).pl()
+
+    def utilities_for(self, keys: Sequence[str], method: str = "sft") -> pl.DataFrame:
+        """Rows of ``utilities`` for the given coalition keys and method."""
+        if not keys:
+            return pl.DataFrame()
+        with self.connect() as con:
+            con.register("wanted", pl.DataFrame({"coalition_key": list(keys)}))
+            try:
+                return con.execute(
+                    "SELECT u.* FROM utilities u JOIN wanted w USING (coalition_key) WHERE u.method = ?",
+                    [method],
+                ).pl()
+            finally:
+                con.unregister("wanted")

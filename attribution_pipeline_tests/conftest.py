@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny contributor folders and a tiny configuration that runs in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+def write_digit_contributors(root: Path, classes=(0, 1, 7), per_class: int = 24) -> Path:
+    """A small contributors directory of real digits: ``digit_<d>`` with ``per_class`` PNGs each."""
+    from attribution_pipeline.data.digits import digits_arrays
+
+    images, labels = digits_arrays()
+    root.mkdir(parents=True, exist_ok=True)
+    for d in classes:
+        folder = root / f"digit_{d}"
+        folder.mkdir()
+        for i in np.flatnonzero(labels == d)[:per_class]:
+            Image.fromarray(images[i], mode="L").save(folder / f"img_{i:04d}.png")
+    return root
+
+
+TINY_OVERRIDES = {
+    "model": {"block_out_channels": [16, 32], "norm_num_groups": 8, "attention_head_dim": 8},
+    "train": {"steps": 30, "batch_size": 32, "warmup_steps": 5},
+    "prune": {"finetune_steps": 10, "batch_size": 32},
+    "finetune": {"steps": 5, "batch_size": 16},
+    "sampling": {"n_images": 32, "ddim_steps": 4, "batch_size": 32},
+    "classifier": {"epochs": 2},
+    "valuation": {"budget": 6, "coalitions_per_run": 4},
+}
+
+
+@pytest.fixture
+def tiny_contributors(tmp_path: Path) -> Path:
+    return write_digit_contributors(tmp_path / "contributors")
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, tiny_contributors: Path):
+    from attribution_pipeline.config import PipelineConfig, load_preset
+
+    return (
+        PipelineConfig()
+        .override(load_preset("digits"))
+        .override(TINY_OVERRIDES)
+        .override({"contributors_dir": str(tiny_contributors), "workdir": str(tmp_path / "work")})
+    )

@@ -1,0 +1,78 @@
+"""The diffusion model, its training loop and DDIM generation, on tiny configs."""
+
+import numpy as np
+import pytest
+import torch
+
+from attribution_pipeline.config import ModelConfig
+from attribution_pipeline.data.contributors import to_model_range
+from attribution_pipeline.data.digits import digits_arrays
+from attribution_pipeline.models.sampling import generate_images, initial_noise
+from attribution_pipeline.models.train import train_diffusion
+from attribution_pipeline.models.unet import build_unet, count_parameters, load_unet, save_unet
+
+TINY = ModelConfig(block_out_channels=(16, 32))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images, _ = digits_arrays()
+    return to_model_range(images[:400, None])
+
+
+def test_default_model_size_and_seeded_init():
+    m = build_unet(ModelConfig(), seed=0)
+    assert 0.6e6 < count_parameters(m) < 0.8e6
+    a, b = build_unet(TINY, seed=1), build_unet(TINY, seed=1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_training_lowers_the_loss_and_is_reproducible(digits):
+    r1 = train_diffusion(build_unet(TINY), digits, TINY, steps=60, batch_size=32, lr=2e-3, seed=0, warmup_steps=5)
+    r2 = train_diffusion(build_unet(TINY), digits, TINY, steps=60, batch_size=32, lr=2e-3, seed=0, warmup_steps=5)
+    assert len(r1.losses) == 60
+    assert r1.final_loss < 0.7 * r1.first_loss
+    assert r1.losses == r2.losses
+
+
+def test_ema_modes_differ_and_none_returns_raw_weights(digits):
+    start = build_unet(TINY, seed=3)
+    w0 = [p.detach().clone() for p in start.parameters()]
+    kwargs = dict(steps=20, batch_size=16, lr=1e-3, seed=0)
+    cont = train_diffusion(build_unet(TINY, seed=3), digits, TINY, ema="continue", ema_decay=0.999, **kwargs).model
+    reset = train_diffusion(build_unet(TINY, seed=3), digits, TINY, ema="reset", **kwargs).model
+    raw = train_diffusion(build_unet(TINY, seed=3), digits, TINY, ema="none", **kwargs).model
+
+    def dist(m):
+        return sum(float((p.detach() - q).pow(2).sum()) for p, q in zip(m.parameters(), w0))
+
+    # a fixed 0.999 decay stays close to the start; the warm-up EMA follows the fine-tune
+    assert dist(cont) < 0.2 * dist(reset)
+    assert dist(reset) > 0 and dist(raw) > 0 and dist(reset) != dist(raw)
+    with pytest.raises(ValueError, match="ema"):
+        train_diffusion(build_unet(TINY), digits, TINY, ema="bogus", **kwargs)
+    with pytest.raises(ValueError, match="non-empty"):
+        train_diffusion(build_unet(TINY), digits[:0], TINY, **kwargs)
+
+
+def test_generation_uses_common_random_numbers():
+    m1, m2 = build_unet(TINY, seed=0), build_unet(TINY, seed=1)
+    a = generate_images(m1, TINY, n_images=10, ddim_steps=3, seed=7, batch_size=4)
+    b = generate_images(m1, TINY, n_images=10, ddim_steps=3, seed=7, batch_size=10)
+    c = generate_images(m2, TINY, n_images=10, ddim_steps=3, seed=7)
+    assert a.shape == (10, 1, 8, 8) and a.min() >= -1 and a.max() <= 1
+    torch.testing.assert_close(a, b)  # batching does not change the images
+    assert not torch.allclose(a, c)  # another model, same noise, other images
+    # image i's starting noise does not depend on how many images are drawn after it
+    torch.testing.assert_close(initial_noise(TINY, 5, 7), initial_noise(TINY, 10, 7)[:5])
+    with pytest.raises(ValueError):
+        generate_images(m1, TINY, n_images=0, ddim_steps=3, seed=7)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    m = build_unet(TINY, seed=0)
+    manifest = save_unet(m, tmp_path / "m", {"note": "x"})
+    assert manifest["note"] == "x" and manifest["n_parameters"] == count_parameters(m)
+    m2 = load_unet(tmp_path / "m")
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 500])
+    torch.testing.assert_close(m(x, t).sample, m2(x, t).sample)
