@@ -32,7 +32,6 @@ TINY_OVERRIDES = {
     "prune": {"finetune_steps": 10, "batch_size": 32},
     "finetune": {"steps": 5, "batch_size": 16},
     "sampling": {"n_images": 32, "ddim_steps": 4, "batch_size": 32},
-    "classifier": {"epochs": 2},
     "valuation": {"budget": 6, "coalitions_per_run": 4},
 }
 

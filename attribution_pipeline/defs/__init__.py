@@ -1,0 +1,1 @@
+"""Dagster wiring: thin assets over the pure stages in ``attribution_pipeline.stages``."""

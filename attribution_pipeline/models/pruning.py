@@ -202,7 +202,9 @@ def save_pruned_unet(
     the pruned structure) + ``manifest.json`` (kind "pruned_unet", file sha256s, params, ratio,
     torch/diffusers/torch-pruning versions, ``extra_manifest``). Written into a temporary sibling
     and renamed into place (replacing an existing one only once complete). Returns the manifest."""
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(base_config or model.config).items()}
+    # private diffusers keys (``_name_or_path`` is a Path after from_pretrained) do not rebuild the model
+    config = {k: (list(v) if isinstance(v, tuple) else v)
+              for k, v in dict(base_config or model.config).items() if not k.startswith("_")}
     metadata = {
         "kind": PRUNED_UNET_KIND,
         "format": PRUNED_UNET_FORMAT,

@@ -1,0 +1,45 @@
+"""One function builds the Definitions, for ``dagster dev`` and for the CLI alike."""
+
+
+import dagster as dg
+
+from attribution_pipeline.defs import coalition_assets, model_assets, valuation_assets
+from attribution_pipeline.defs.resources import PipelineResource, default_workdir
+
+ALL_ASSETS = [
+    model_assets.contributors,
+    model_assets.property_reference,
+    model_assets.full_model,
+    model_assets.pruned_base_model,
+    coalition_assets.coalition_plan,
+    coalition_assets.coalition_outcomes,
+    coalition_assets.empty_coalition_utilities,
+    coalition_assets.full_model_utilities,
+    valuation_assets.shapley_values,
+]
+
+# Everything but the coalition partitions: what must exist before coalitions can be evaluated.
+base_job = dg.define_asset_job(
+    "valuation_base",
+    selection=dg.AssetSelection.assets(
+        "contributors", "property_reference", "full_model", "pruned_base_model", "coalition_plan",
+        "empty_coalition_utilities", "full_model_utilities",
+    ),
+    description="Validate contributors, train, prune and fine-tune the base, plan the coalitions.",
+)
+coalitions_job = dg.define_asset_job(
+    "coalitions",
+    selection=dg.AssetSelection.assets("coalition_checkpoint", "coalition_images", "coalition_utilities"),
+    description="Fine-tune, generate and score coalition partitions.",
+)
+shapley_job = dg.define_asset_job(
+    "shapley", selection=dg.AssetSelection.assets("shapley_values"), description="Fit the Shapley table."
+)
+
+
+def build_definitions(workdir: str | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        assets=ALL_ASSETS,
+        jobs=[base_job, coalitions_job, shapley_job],
+        resources={"pipeline": PipelineResource(workdir=workdir or default_workdir())},
+    )

@@ -1,0 +1,34 @@
+"""Print the latest valuation round as a table (the CLI's closing output)."""
+
+from __future__ import annotations
+
+import sys
+
+from attribution_pipeline.layout import RunLayout
+
+
+def print_table(workdir: str, all_estimators: bool = False, out=sys.stdout) -> int:
+    from attribution_pipeline.storage.results import ResultStore
+
+    db = RunLayout.at(workdir).database
+    if not db.is_file():
+        print(f"error: {db} does not exist; run `attribution-pipeline run --workdir {workdir}` first", file=sys.stderr)
+        return 2
+    store = ResultStore(db)
+    where = "" if all_estimators else "WHERE is_default"
+    df = store.query(f"SELECT * FROM latest_shapley_values {where} ORDER BY property, estimator, rank")
+    if not len(df):
+        print("no valuation round yet", file=out)
+        return 1
+    for (prop, est), g in df.group_by(["property", "estimator"], maintain_order=True):
+        r0 = g.row(0, named=True)
+        total = float(g["value"].sum())
+        print(f"\n{prop} — {est} ({r0['value_kind']}), {r0['n_coalitions']} coalitions, "
+              f"v(N) = {r0['v_full']:.6g}, v(∅) = {r0['v_empty']:.6g}, round {r0['round_id']}", file=out)
+        print(f"{'rank':>4}  {'contributor':<20} {'value':>12} {'std err':>10}   95% interval", file=out)
+        for r in g.iter_rows(named=True):
+            se = f"{r['std_error']:.4g}" if r["std_error"] is not None else "-"
+            ci = (f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]" if r["ci_low"] is not None else "-")
+            print(f"{r['rank']:>4}  {r['contributor']:<20} {r['value']:>12.5g} {se:>10}   {ci}", file=out)
+        print(f"      sum of values {total:.6g}; v(N) - v(∅) = {r0['v_full'] - r0['v_empty']:.6g}", file=out)
+    return 0

@@ -1,0 +1,157 @@
+"""Drive a whole valuation through Dagster, in this process, on a persistent instance.
+
+The CLI and the tests call ``run_valuation``. It materializes the same assets the UI shows, in
+the instance under ``<workdir>/dagster_home``, so ``dagster dev`` on that home lists these runs.
+Coalition partitions go in runs of several partitions each, all in this one process: the torch
+import and model set-up are paid once, not per coalition.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from attribution_pipeline.config import PipelineConfig
+from attribution_pipeline.data.contributors import ContributorValidationError, discover_contributors
+from attribution_pipeline.layout import RunLayout
+from attribution_pipeline.storage.artifacts import atomic_write_bytes
+
+DAGSTER_YAML = """# Written by attribution-pipeline: a local instance for this work directory.
+telemetry:
+  enabled: false
+"""
+
+
+def prepare_dagster_home(workdir: Path) -> Path:
+    home = RunLayout.at(workdir).dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").is_file():
+        atomic_write_bytes(home / "dagster.yaml", DAGSTER_YAML.encode())
+    return home
+
+
+def missing_coalitions(cfg: PipelineConfig, layout: RunLayout) -> list[str]:
+    """Planned coalition keys that lack an sFT utility for the current base and config."""
+    from attribution_pipeline.layout import content_hash
+    from attribution_pipeline.stages import read_plan
+    from attribution_pipeline.storage.results import ResultStore
+
+    plan = read_plan(layout)
+    base = content_hash(layout.pruned_base_dir)
+    keys = list(dict.fromkeys(c.key for c in plan.coalitions))
+    df = ResultStore(layout.database).utilities_for(keys, method="sft")
+    done: dict[str, set] = {}
+    if len(df):
+        for r in df.iter_rows(named=True):
+            if r["seed"] == cfg.finetune.seed and r["base_version"] == base:
+                done.setdefault(r["coalition_key"], set()).add(r["property"])
+    wanted = set(cfg.valuation.properties)
+    return [k for k in keys if not wanted <= done.get(k, set())]
+
+
+def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) -> list[tuple[str, str, int]]:
+    """Group missing keys into (first, last, count) ranges contiguous in the partition order,
+    each of at most ``per_run`` keys."""
+    position = {k: i for i, k in enumerate(ordered_keys)}
+    idx = sorted(position[k] for k in missing)
+    runs, start = [], None
+    for j, i in enumerate(idx):
+        if start is None:
+            start, count = i, 1
+        elif i == prev + 1 and count < per_run:
+            count += 1
+        else:
+            runs.append((ordered_keys[start], ordered_keys[prev], count))
+            start, count = i, 1
+        prev = i
+    if start is not None:
+        runs.append((ordered_keys[start], ordered_keys[prev], count))
+    return runs
+
+
+def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> int:
+    """Value the contributors of ``cfg``; print the table; return a process exit code."""
+    import dagster as dg
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from attribution_pipeline.defs.build import build_definitions
+    from attribution_pipeline.defs.partitions import coalition_partitions
+    from attribution_pipeline.report import print_table
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, file=out, flush=True)
+
+    t_start = time.perf_counter()
+    try:  # validate before anything is written
+        found = discover_contributors(cfg.contributors_path)
+    except ContributorValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n = len(found)
+    if cfg.valuation.budget < n and cfg.valuation.budget < 2**n - 2:
+        print(f"error: a budget of {cfg.valuation.budget} coalitions cannot value {n} contributors: "
+              f"Shapley regression needs at least n = {n} (use --budget {max(5 * n, n)} or more)", file=sys.stderr)
+        return 2
+    layout = RunLayout.at(cfg.workdir)
+    layout.workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(layout.config_file, cfg.to_json().encode())
+    home = prepare_dagster_home(layout.workdir)
+    say(f"valuing {len(found)} contributors from {cfg.contributors_path}")
+    say(f"work directory {layout.workdir} (Dagster home {home})")
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    defs = build_definitions(str(layout.workdir))
+    log_cfg = {"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}}
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+
+    def execute(job_name: str, **kwargs) -> bool:
+        job = defs.resolve_job_def(job_name)
+        result = job.execute_in_process(instance=instance, raise_on_error=False, **kwargs)
+        if not result.success:
+            for event in result.all_events:
+                if event.is_step_failure:
+                    print(f"error in {event.step_key}: {event.step_failure_data.error.message.strip()}",
+                          file=sys.stderr)
+            print(f"error: Dagster run {result.run_id} ({job_name}) failed; see `attribution-pipeline ui`",
+                  file=sys.stderr)
+        return result.success
+
+    say("[1/3] contributors, property reference, full model, pruned base, coalition plan")
+    t0 = time.perf_counter()
+    if not execute("valuation_base", run_config={**log_cfg, "ops": {"coalition_plan": {"config": {
+            "budget": cfg.valuation.budget, "seed": cfg.valuation.seed}}}}):
+        return 1
+    t_base = time.perf_counter() - t0
+
+    missing = missing_coalitions(cfg, layout)
+    ordered = instance.get_dynamic_partitions(coalition_partitions.name)
+    runs = partition_runs(missing, ordered, max(1, cfg.valuation.coalitions_per_run))
+    say(f"[2/3] coalitions: {len(missing)} to evaluate in {len(runs)} run(s), "
+        f"{len(set(ordered)) - len(missing)} already known")
+    t0 = time.perf_counter()
+    for i, (first, last, count) in enumerate(runs, 1):
+        say(f"  run {i}/{len(runs)}: {count} coalition(s) {first} .. {last}")
+        tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+        if not execute("coalitions", tags=tags, run_config=log_cfg):
+            return 1
+    t_coalitions = time.perf_counter() - t0
+
+    say("[3/3] Shapley values")
+    if not execute("shapley", run_config=log_cfg):
+        return 1
+    total = time.perf_counter() - t_start
+    if missing:
+        from attribution_pipeline.storage.results import ResultStore
+
+        df = ResultStore(layout.database).utilities_for(missing, method="sft")
+        import polars as pl
+
+        # one elapsed_s per coalition (every property row of a coalition carries the same time)
+        compute = float(df.group_by("coalition_key").agg(pl.col("elapsed_s").first())["elapsed_s"].sum()) if len(df) else 0.0
+        overhead = (t_coalitions - compute) / compute * 100 if compute > 0 else float("nan")
+        say(f"coalition compute {compute:.1f}s, wall {t_coalitions:.1f}s: orchestration overhead {overhead:.1f}%")
+    say(f"done in {total:.1f}s (base {t_base:.1f}s, coalitions {t_coalitions:.1f}s)")
+    return print_table(str(layout.workdir), out=out)

@@ -1,0 +1,221 @@
+"""The stages of a sparsified-fine-tuning valuation, as plain functions (no Dagster).
+
+Each stage reads its inputs from the run layout, writes its artifact atomically with a manifest,
+and returns a small summary. A stage whose artifact already carries the inputs signature it would
+produce returns at once with ``skipped=True``: re-running a valuation recomputes nothing, and a
+killed run resumes where it stopped. The Dagster assets in ``defs/`` only call these.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from attribution_pipeline import versions
+
+from attribution_pipeline.config import PipelineConfig
+from attribution_pipeline.data.contributors import discover_contributors, load_contributor_images, to_model_range
+
+from attribution_pipeline.layout import RunLayout, content_hash, current_signature, signature
+
+from attribution_pipeline.models.train import train_diffusion
+from attribution_pipeline.models.unet import build_unet, load_unet, noise_scheduler, pick_device, save_unet
+from attribution_pipeline.storage.artifacts import atomic_write_json, read_manifest
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class StageResult:
+    """What a stage did: its artifact's content hash (the data version), timings, and extras."""
+
+    content_hash: str
+    skipped: bool
+    elapsed_s: float
+    metadata: dict = field(default_factory=dict)
+
+
+# ---- contributors ---------------------------------------------------------------------------
+def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> dict:
+    """Validate the contributors directory and cache each contributor's images at model resolution.
+
+    Returns the data manifest ``{"contributors": [{contributor, n_images, data_hash, ...}], ...}``.
+    Raises ContributorValidationError before anything is written when the directory is bad.
+    """
+    found = discover_contributors(cfg.contributors_path)
+    layout.data_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = layout.data_dir / "manifest.json"
+    old = {}
+    if manifest_path.is_file():
+        old = {c["contributor"]: c for c in json.loads(manifest_path.read_text())["contributors"]}
+    res = (cfg.model.sample_size, cfg.model.channels)
+    entries = []
+    for c in found:
+        entry = {
+            "contributor": c.contributor,
+            "n_images": c.n_images,
+            "data_hash": c.data_hash,
+            "n_skipped_files": len(c.skipped),
+            "path": str(c.path),
+            "resolution": list(res),
+        }
+        prev = old.get(c.contributor)
+        if not (prev and prev["data_hash"] == c.data_hash and prev.get("resolution") == list(res)
+                and layout.contributor_array(c.contributor).is_file()):
+            arr = load_contributor_images(c, cfg.model.sample_size, cfg.model.channels)
+            tmp = layout.contributor_array(c.contributor).with_suffix(".tmp.npy")
+            np.save(tmp, arr)
+            tmp.replace(layout.contributor_array(c.contributor))
+            log(f"cached {c.n_images} images of contributor {c.contributor}")
+        entries.append(entry)
+    manifest = {
+        "contributors": entries,
+        "content_hash": signature([(e["contributor"], e["data_hash"]) for e in entries], list(res)),
+    }
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+def read_contributors(layout: RunLayout) -> dict:
+    path = layout.data_dir / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: materialize the `contributors` asset first")
+    return json.loads(path.read_text())
+
+
+def contributor_ids(layout: RunLayout) -> list[str]:
+    return [c["contributor"] for c in read_contributors(layout)["contributors"]]
+
+
+def load_images(layout: RunLayout, members: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of ``members`` as float [-1,1] ``(N,C,H,W)`` and their member index labels ``(N,)``."""
+    arrays, labels = [], []
+    for j, m in enumerate(members):
+        path = layout.contributor_array(m)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: materialize the `contributors` asset first")
+        a = np.load(path)
+        arrays.append(a)
+        labels.append(np.full(len(a), j, dtype=np.int64))
+    return to_model_range(np.concatenate(arrays)), torch.from_numpy(np.concatenate(labels))
+
+
+# ---- models ---------------------------------------------------------------------------------
+def _progress(log: Log, what: str):
+    def report(step: int, total: int, loss: float) -> None:
+        log(f"{what}: step {step}/{total}, loss {loss:.4f}")
+
+    return report
+
+
+def train_full_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> StageResult:
+    """Step 1: train θ* on every contributor's images."""
+    data = read_contributors(layout)
+    sig = signature("full_model", cfg.model, cfg.train, data["content_hash"])
+    if current_signature(layout.full_model_dir) == sig:
+        m = read_manifest(layout.full_model_dir)
+        return StageResult(m["content_hash"], True, 0.0, {"n_parameters": m["n_parameters"]})
+    device = pick_device()
+    images, _ = load_images(layout, contributor_ids(layout))
+    model = build_unet(cfg.model, seed=cfg.train.seed)
+    t = cfg.train
+    result = train_diffusion(
+        model, images, cfg.model, steps=t.steps, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
+        warmup_steps=t.warmup_steps, ema="reset", ema_decay=t.ema_decay,
+        progress=_progress(log, "full model"), device=device,
+    )
+    meta = {"inputs_signature": sig, "first_loss": result.first_loss, "final_loss": result.final_loss,
+            "train_seconds": result.elapsed_s, "steps": t.steps, "device": str(device), **versions.snapshot()}
+    manifest = save_unet(result.model.cpu(), layout.full_model_dir, meta)
+    return StageResult(manifest["content_hash"], False, result.elapsed_s,
+                       {"n_parameters": manifest["n_parameters"], "first_loss": result.first_loss,
+                        "final_loss": result.final_loss})
+
+
+def prune_base_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> StageResult:
+    """Steps 2-3: prune θ* structurally, then fine-tune the pruned model on all data: θ̃*."""
+    from attribution_pipeline.models.pruning import prune_unet, save_pruned_unet
+
+    data = read_contributors(layout)
+    full_hash = content_hash(layout.full_model_dir)
+    sig = signature("pruned_base", cfg.prune, cfg.model, full_hash, data["content_hash"])
+    if current_signature(layout.pruned_base_dir) == sig:
+        m = read_manifest(layout.pruned_base_dir)
+        return StageResult(m["content_hash"], True, 0.0, {k: m.get(k) for k in ("params_before", "params_after", "macs_before", "macs_after")})
+    start = time.perf_counter()
+    device = pick_device()
+    images, _ = load_images(layout, contributor_ids(layout))
+    model = load_unet(layout.full_model_dir)
+    p = cfg.prune
+    gen = torch.Generator().manual_seed(p.seed)
+    calib = images[torch.randperm(len(images), generator=gen)[:256]]
+    report = prune_unet(model, ratio=p.ratio, importance=p.importance, calibration_images=calib, seed=p.seed,
+                        noise_scheduler=noise_scheduler(cfg.model))
+    log(f"pruned: {report.params_before:,} -> {report.params_after:,} parameters")
+    result = train_diffusion(
+        model, images, cfg.model, steps=p.finetune_steps, batch_size=p.batch_size, lr=p.finetune_lr,
+        seed=p.seed, ema="reset", ema_decay=p.ema_decay, progress=_progress(log, "pruned base fine-tune"),
+        device=device,
+    )
+    elapsed = time.perf_counter() - start
+    meta = {"inputs_signature": sig, "params_before": report.params_before, "params_after": report.params_after,
+            "macs_before": report.macs_before, "macs_after": report.macs_after, "ratio": p.ratio,
+            "importance": p.importance, "finetune_seconds": result.elapsed_s, "final_loss": result.final_loss,
+            **versions.snapshot()}
+    save_pruned_unet(result.model.cpu(), layout.pruned_base_dir, report=report, extra_manifest=meta)
+    m = read_manifest(layout.pruned_base_dir)
+    return StageResult(m["content_hash"], False, elapsed, {k: meta[k] for k in ("params_before", "params_after", "macs_before", "macs_after", "final_loss")})
+
+
+# ---- property reference ---------------------------------------------------------------------
+def build_property_reference(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> StageResult:
+    """Train the reference classifier (labels = contributors) and the real images' FID statistics."""
+    from attribution_pipeline.properties.classifier import train_classifier
+    from attribution_pipeline.properties.registry import build_reference
+
+    data = read_contributors(layout)
+    sig = signature("reference", cfg.classifier, data["content_hash"])
+    folder = layout.reference_dir
+    if current_signature(folder) == sig:
+        m = read_manifest(folder)
+        return StageResult(m["content_hash"], True, 0.0, {"holdout_accuracy": m.get("holdout_accuracy")})
+    start = time.perf_counter()
+    ids = [c["contributor"] for c in data["contributors"]]
+    images, labels = load_images(layout, ids)
+    c = cfg.classifier
+    classifier, accuracy = train_classifier(images, labels, n_classes=len(ids), class_names=ids, seed=c.seed,
+                                            epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                                            holdout_fraction=0.1)
+    log(f"reference classifier: held-out accuracy {accuracy:.3f}")
+    from attribution_pipeline.storage.artifacts import atomic_folder
+
+    with atomic_folder(folder, {"kind": "property_reference", "inputs_signature": sig,
+                                "holdout_accuracy": accuracy, "classes": ids, **versions.snapshot()}) as tmp:
+        build_reference(classifier, images, tmp, inception_weights=c.inception_weights)
+    m = read_manifest(folder)
+    return StageResult(m["content_hash"], False, time.perf_counter() - start, {"holdout_accuracy": accuracy})
+
+
+def _property_context(cfg: PipelineConfig, layout: RunLayout):
+    from attribution_pipeline.properties.registry import PropertyContext
+
+    return PropertyContext.load(layout.reference_dir, inception_weights=cfg.classifier.inception_weights)
+
+
+def _score(cfg: PipelineConfig, layout: RunLayout, images: torch.Tensor) -> dict[str, float]:
+    from attribution_pipeline.properties.registry import score_properties
+
+    return score_properties(images, list(cfg.valuation.properties), _property_context(cfg, layout))
+
+
+def utilities_version(utilities: dict[str, float]) -> str:
+    return signature(sorted((k, round(float(v), 12)) for k, v in utilities.items()))

@@ -1,0 +1,205 @@
+"""Coalition stages: plan the coalitions, evaluate one (fine-tune → generate → score), v(∅), θ*."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from attribution_pipeline.coalitions import EMPTY_KEY, Coalition, make_coalition, masks_to_coalitions
+from attribution_pipeline.config import PipelineConfig
+from attribution_pipeline.data.imagesets import GRID_FILE, load_image_set, save_image_set
+from attribution_pipeline.layout import RunLayout, content_hash, current_signature, signature
+from attribution_pipeline.models.sampling import generate_images
+from attribution_pipeline.models.train import train_diffusion
+from attribution_pipeline.models.unet import build_unet, load_unet, pick_device
+from attribution_pipeline.stages.base import (
+    Log, StageResult, _progress, _quiet, _score, load_images, read_contributors,
+)
+from attribution_pipeline.storage.artifacts import atomic_write_json, read_manifest
+from attribution_pipeline.storage.results import ResultStore
+
+SFT = "sft"
+
+
+@dataclass
+class Plan:
+    contributors: list[str]
+    budget: int
+    seed: int
+    design: str
+    coalitions: list[Coalition]  # the full coalition first, then the design's draws in order
+
+    @property
+    def content_hash(self) -> str:
+        return signature(self.contributors, [c.key for c in self.coalitions])
+
+
+def plan_coalitions(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
+                    budget: int | None = None, seed: int | None = None) -> Plan:
+    """The full coalition plus the first ``budget`` coalitions of the seeded paired design.
+
+    Prefix-stable: a larger budget keeps every coalition of a smaller one. When the budget covers
+    all 2^n − 2 proper coalitions, every one of them is planned (exact Shapley values).
+    Writes ``plan.json`` and upserts the ``coalitions`` table (with the empty coalition).
+    """
+    from attribution_pipeline.valuation import CoalitionDesign
+
+    budget = cfg.valuation.budget if budget is None else int(budget)
+    seed = cfg.valuation.seed if seed is None else int(seed)
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    ids = [c["contributor"] for c in read_contributors(layout)["contributors"]]
+    n = len(ids)
+    design = CoalitionDesign(n_players=n, seed=seed)
+    masks = design.take(budget) if budget > 0 else np.zeros((0, n), dtype=bool)
+    full = make_coalition(ids, "full", 0)
+    sampled = masks_to_coalitions(masks, ids, start_index=1)
+    plan = Plan(ids, budget, seed, getattr(design, "design", "paired-kernel"), [full, *sampled])
+    unique = {c.key: c for c in reversed(plan.coalitions)}  # first occurrence wins
+    rows = [c.as_row() for c in unique.values()] + [make_coalition([], "empty", -1).as_row()]
+    store.upsert("coalitions", rows)
+    atomic_write_json(layout.workdir / "plan.json", {
+        "contributors": ids, "budget": budget, "seed": seed, "design": plan.design,
+        "coalitions": [{"key": c.key, "members": list(c.members), "kind": c.kind} for c in plan.coalitions],
+    })
+    return plan
+
+
+def read_plan(layout: RunLayout) -> Plan:
+    path = layout.workdir / "plan.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: materialize the `coalition_plan` asset first")
+    d = json.loads(path.read_text())
+    coalitions = [make_coalition(c["members"], c["kind"], i) for i, c in enumerate(d["coalitions"])]
+    return Plan(d["contributors"], d["budget"], d["seed"], d["design"], coalitions)
+
+
+def coalitions_by_key(store: ResultStore, keys: list[str]) -> dict[str, Coalition]:
+    """Members of coalition partitions, from the ``coalitions`` table."""
+    df = store.query("SELECT coalition_key, members, kind, plan_index FROM coalitions")
+    known = {r["coalition_key"]: r for r in df.iter_rows(named=True)}
+    missing = [k for k in keys if k not in known]
+    if missing:
+        raise KeyError(f"coalition partition(s) {missing} are not in the coalitions table; "
+                       "materialize `coalition_plan` first")
+    return {k: Coalition(k, tuple(known[k]["members"]), known[k]["kind"], known[k]["plan_index"]) for k in keys}
+
+
+@dataclass
+class CoalitionOutcome:
+    coalition: Coalition
+    checkpoint: StageResult
+    images: StageResult
+    utilities: dict[str, float]
+    elapsed_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def _generate_and_save(cfg: PipelineConfig, model, folder, sig: str, log: Log) -> StageResult:
+    if current_signature(folder) == sig:
+        m = read_manifest(folder)
+        return StageResult(m["content_hash"], True, m.get("generate_seconds", 0.0),
+                           {"n_images": m["n_images"], "grid": str(folder / GRID_FILE)})
+    s = cfg.sampling
+    start = time.perf_counter()
+    images = generate_images(model, cfg.model, n_images=s.n_images, ddim_steps=s.ddim_steps, seed=s.seed,
+                             batch_size=s.batch_size, device=pick_device())
+    elapsed = time.perf_counter() - start
+    m = save_image_set(images, folder, {"inputs_signature": sig, "generate_seconds": elapsed,
+                                        "noise_seed": s.seed, "ddim_steps": s.ddim_steps})
+    return StageResult(m["content_hash"], False, elapsed, {"n_images": m["n_images"], "grid": str(folder / GRID_FILE)})
+
+
+def _utility_rows(key: str, utilities: dict[str, float], method: str, seed: int, elapsed: float,
+                  base_version: str | None, n_images: int) -> list[dict]:
+    device = str(pick_device())
+    return [{"coalition_key": key, "property": p, "value": float(v), "method": method, "seed": seed,
+             "elapsed_s": elapsed, "base_version": base_version, "n_images": n_images, "device": device}
+            for p, v in utilities.items()]
+
+
+def evaluate_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coalition: Coalition,
+                       log: Log = _quiet) -> CoalitionOutcome:
+    """sFT utility of one coalition: fine-tune θ̃* k steps on its data, generate, score, store."""
+    from attribution_pipeline.models.pruning import save_pruned_unet
+
+    if coalition.size == 0:
+        raise ValueError("the empty coalition has no data to fine-tune on; use evaluate_empty_coalition")
+    start = time.perf_counter()
+    data = {c["contributor"]: c["data_hash"] for c in read_contributors(layout)["contributors"]}
+    unknown = [m for m in coalition.members if m not in data]
+    if unknown:
+        raise ValueError(f"coalition {coalition.key} has member(s) {unknown} that are not current contributors")
+    base_version = content_hash(layout.pruned_base_dir)
+    f = cfg.finetune
+    ckpt_dir = layout.coalition_checkpoint_dir(coalition.key)
+    ckpt_sig = signature("coalition_ft", f, cfg.model, base_version, [(m, data[m]) for m in coalition.members])
+    if current_signature(ckpt_dir) == ckpt_sig:
+        m = read_manifest(ckpt_dir)
+        model = load_unet(ckpt_dir)
+        ckpt = StageResult(m["content_hash"], True, m.get("finetune_seconds", 0.0))
+    else:
+        images, _ = load_images(layout, coalition.members)
+        model = load_unet(layout.pruned_base_dir)
+        r = train_diffusion(model, images, cfg.model, steps=f.steps, batch_size=f.batch_size, lr=f.lr,
+                            seed=f.seed, ema=f.ema, ema_decay=f.ema_decay, device=pick_device(),
+                            progress=_progress(log, f"coalition {coalition.key}"),
+                            progress_every=max(f.steps, 1))
+        save_pruned_unet(r.model.cpu(), ckpt_dir, extra_manifest={
+            "inputs_signature": ckpt_sig, "finetune_seconds": r.elapsed_s, "members": list(coalition.members),
+            "base_version": base_version, "final_loss": r.final_loss})
+        ckpt = StageResult(read_manifest(ckpt_dir)["content_hash"], False, r.elapsed_s)
+    img = _generate_and_save(cfg, model, layout.coalition_images_dir(coalition.key),
+                             signature("images", cfg.sampling, ckpt.content_hash), log)
+    t0 = time.perf_counter()
+    utilities = _score(cfg, layout, load_image_set(layout.coalition_images_dir(coalition.key)))
+    score_s = time.perf_counter() - t0
+    total = ckpt.elapsed_s + img.elapsed_s + score_s
+    store.upsert("utilities", _utility_rows(coalition.key, utilities, SFT, f.seed, total, base_version,
+                                            img.metadata["n_images"]))
+    return CoalitionOutcome(coalition, ckpt, img, utilities, time.perf_counter() - start, {"score_s": score_s})
+
+
+def evaluate_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
+                             log: Log = _quiet) -> CoalitionOutcome:
+    """v(∅): images of the untrained model (seeded random init), same noise, same scorers."""
+    start = time.perf_counter()
+    model = build_unet(cfg.model, seed=cfg.train.seed)
+    img = _generate_and_save(cfg, model, layout.untrained_images_dir,
+                             signature("untrained_images", cfg.sampling, cfg.model, cfg.train.seed), log)
+    utilities = _score(cfg, layout, load_image_set(layout.untrained_images_dir))
+    elapsed = time.perf_counter() - start
+    rows = _utility_rows(EMPTY_KEY, utilities, SFT, cfg.finetune.seed, elapsed, None, img.metadata["n_images"])
+    store.upsert("utilities", rows)
+    empty = make_coalition([], "empty", -1)
+    return CoalitionOutcome(empty, StageResult("untrained", True, 0.0), img, utilities, elapsed)
+
+
+def evaluate_full_model(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
+                        log: Log = _quiet) -> CoalitionOutcome:
+    """Properties of θ* itself (method ``full_model``), and how many of its samples the
+    reference classifier recognises (probability ≥ 0.5)."""
+    from attribution_pipeline.properties.registry import recognized_fraction
+
+    start = time.perf_counter()
+    ids = [c["contributor"] for c in read_contributors(layout)["contributors"]]
+    full_version = content_hash(layout.full_model_dir)
+    model = load_unet(layout.full_model_dir)
+    img = _generate_and_save(cfg, model, layout.full_model_images_dir,
+                             signature("full_images", cfg.sampling, full_version), log)
+    images = load_image_set(layout.full_model_images_dir)
+    utilities = _score(cfg, layout, images)
+    from attribution_pipeline.stages.base import _property_context
+
+    recognized = float(recognized_fraction(images, _property_context(cfg, layout).classifier, threshold=0.5))
+    log(f"full model: {recognized:.1%} of {len(images)} samples recognised with probability >= 0.5")
+    elapsed = time.perf_counter() - start
+    full = make_coalition(ids, "full", 0)
+    store.upsert("utilities", _utility_rows(full.key, utilities, "full_model", cfg.train.seed, elapsed,
+                                            full_version, img.metadata["n_images"]))
+    return CoalitionOutcome(full, StageResult(full_version, True, 0.0), img, utilities, elapsed,
+                            {"recognized_fraction": recognized})

@@ -1,0 +1,98 @@
+"""The whole asset graph, materialized through Dagster in-process on a tiny configuration."""
+
+import io
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from attribution_pipeline.coalitions import EMPTY_KEY
+from attribution_pipeline.defs.partitions import coalition_partitions
+from attribution_pipeline.layout import RunLayout
+from attribution_pipeline.runner import partition_runs, run_valuation
+from attribution_pipeline.stages import read_plan
+from attribution_pipeline.storage.results import ResultStore
+from attribution_pipeline_tests.conftest import write_digit_contributors
+
+
+def test_partition_runs_groups_contiguous_keys():
+    order = list("abcdefgh")
+    assert partition_runs(["b", "c", "d", "g"], order, 2) == [("b", "c", 2), ("d", "d", 1), ("g", "g", 1)]
+    assert partition_runs([], order, 4) == []
+
+
+@pytest.fixture
+def four_contributors(tmp_path):
+    return write_digit_contributors(tmp_path / "four", classes=(0, 1, 4, 7), per_class=20)
+
+
+def _coalition_runs(instance) -> int:
+    return sum(1 for r in instance.get_runs() if r.job_name == "coalitions")
+
+
+def test_valuation_end_to_end_then_cached_then_grown(tiny_config, four_contributors):
+    cfg = tiny_config.override({"contributors_dir": str(four_contributors), "valuation": {"budget": 6}})
+    out = io.StringIO()
+    assert run_valuation(cfg, quiet=False, out=out) == 0, out.getvalue()
+    layout = RunLayout.at(cfg.workdir)
+    store = ResultStore(layout.database)
+    plan = read_plan(layout)
+    keys = {c.key for c in plan.coalitions}
+    assert len(plan.coalitions) == 7 and plan.coalitions[0].kind == "full"
+
+    # DuckDB contract
+    assert store.query("SELECT count(*) AS n FROM contributors")["n"][0] == 4
+    members = store.query("SELECT coalition_key, members, size FROM coalitions")
+    assert keys | {EMPTY_KEY} <= set(members["coalition_key"])
+    assert all(len(m) == s for m, s in zip(members["members"], members["size"]))
+    util = store.query("SELECT * FROM utilities WHERE method = 'sft'")
+    assert set(util["coalition_key"]) == keys | {EMPTY_KEY}
+    assert set(util["property"]) == {"quality", "diversity"}
+    assert np.isfinite(util["value"].to_numpy()).all()
+    shap = store.query("SELECT * FROM latest_shapley_values")
+    default = shap.filter(shap["is_default"])
+    for prop in ("quality", "diversity"):
+        rows = default.filter(default["property"] == prop)
+        assert len(rows) == 4
+        total = rows["value"].sum()
+        assert abs(total - (rows["v_full"][0] - rows["v_empty"][0])) < 1e-6
+        assert (rows["ci_low"] <= rows["value"]).all() and (rows["value"] <= rows["ci_high"]).all()
+    assert {"shapley", "banzhaf"} <= set(shap["value_kind"])
+    assert "sum of values" in out.getvalue()
+
+    # Dagster saw every coalition partition
+    instance = dg.DagsterInstance.from_config(str(layout.dagster_home))
+    assert set(instance.get_dynamic_partitions(coalition_partitions.name)) == keys
+    done = instance.get_materialized_partitions(dg.AssetKey("coalition_utilities"))
+    assert done == keys
+    runs_before = _coalition_runs(instance)
+    stamps = {k: (layout.coalition_checkpoint_dir(k) / "manifest.json").stat().st_mtime_ns for k in keys}
+
+    # the same command again launches no coalition run and rewrites no checkpoint
+    out2 = io.StringIO()
+    assert run_valuation(cfg, out=out2) == 0
+    assert "coalitions: 0 to evaluate" in out2.getvalue()
+    assert _coalition_runs(instance) == runs_before
+    assert stamps == {k: (layout.coalition_checkpoint_dir(k) / "manifest.json").stat().st_mtime_ns for k in keys}
+    assert store.query("SELECT count(*) AS n FROM valuation_rounds")["n"][0] == 1  # unchanged pool: no new round
+
+    # a larger budget evaluates exactly the new coalitions
+    bigger = cfg.override({"valuation": {"budget": 10}})
+    out3 = io.StringIO()
+    assert run_valuation(bigger, out=out3) == 0
+    plan2 = read_plan(layout)
+    assert [c.key for c in plan2.coalitions[:7]] == [c.key for c in plan.coalitions]  # prefix-stable
+    new = {c.key for c in plan2.coalitions} - keys
+    assert f"coalitions: {len(new)} to evaluate" in out3.getvalue()
+    assert stamps == {k: (layout.coalition_checkpoint_dir(k) / "manifest.json").stat().st_mtime_ns for k in keys}
+    assert store.query("SELECT count(*) AS n FROM valuation_rounds")["n"][0] == 2
+
+
+def test_bad_contributors_fail_before_anything_is_written(tiny_config, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    write_digit_contributors(bad, classes=(0, 1))
+    (bad / "digit_0" / "broken.png").write_bytes(b"")
+    cfg = tiny_config.override({"contributors_dir": str(bad)})
+    assert run_valuation(cfg, quiet=True) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert not RunLayout.at(cfg.workdir).workdir.exists()
