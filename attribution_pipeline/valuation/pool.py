@@ -1,0 +1,193 @@
+"""The evaluated pool: validated coalitions and utilities, repeats merged, bootstrap units found.
+
+Every estimator reads one ``CoalitionPool``. Rows of ``masks`` that repeat a coalition (the same
+coalition evaluated with several seeds) are merged into one *distinct coalition* whose utility is the
+mean of its evaluations and whose *multiplicity* is the number of evaluations; the spread inside the
+repeats estimates the utility's noise. A coalition and its complement, when both are present, form one
+bootstrap *unit* (pairs are resampled together, never split); any other coalition is a unit of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from attribution_pipeline.valuation.coalitions import pack_rows
+
+
+@dataclass(frozen=True)
+class CoalitionPool:
+    """A validated pool of evaluated coalitions.
+
+    Shapes: B rows evaluated, U distinct coalitions, n contributors.
+    - ``masks`` (B, n) bool and ``values`` (B,) float64: the rows as given, in the utility's units.
+    - ``coalitions`` (U, n) bool: distinct coalitions; ``mean_values`` (U,): mean utility of each;
+      ``multiplicity`` (U,) int ≥ 1: evaluations of each; ``row_index`` (B,): distinct index of a row.
+    - ``sizes`` (U,) int in 1..n−1: the strata the estimators re-weight by.
+    - ``complement`` (U,) int: index of the complement among the distinct coalitions, or −1.
+    - ``unit`` (U,) int in 0..n_units−1: bootstrap unit (a coalition with its complement share one).
+    - ``noise_std``: pooled within-repeat standard deviation of one evaluation (utility units), or None
+      when no coalition was evaluated twice; ``noise_dof``: its degrees of freedom (B − U).
+    """
+
+    n_players: int
+    masks: np.ndarray
+    values: np.ndarray
+    empty_value: float
+    full_value: float
+    coalitions: np.ndarray
+    mean_values: np.ndarray
+    multiplicity: np.ndarray
+    row_index: np.ndarray
+    sizes: np.ndarray
+    complement: np.ndarray
+    unit: np.ndarray
+    n_units: int
+    noise_std: float | None
+    noise_dof: int
+
+    @property
+    def n_rows(self) -> int:
+        """B: number of evaluations (rows of ``masks``)."""
+        return int(self.masks.shape[0])
+
+    @property
+    def n_distinct(self) -> int:
+        """U: number of distinct coalitions."""
+        return int(self.coalitions.shape[0])
+
+    @property
+    def paired_fraction(self) -> float:
+        """Fraction of distinct coalitions whose complement is also in the pool, in [0, 1]."""
+        return float(np.mean(self.complement >= 0))
+
+    @property
+    def delta(self) -> float:
+        """v(N) − v(∅): what Shapley values sum to (utility units)."""
+        return float(self.full_value - self.empty_value)
+
+
+def _as_masks(masks) -> np.ndarray:
+    arr = np.asarray(masks)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"masks must be a 2-D array (coalitions, contributors), got shape {arr.shape}; "
+            "pass one row per evaluated coalition"
+        )
+    if arr.dtype == bool:
+        return arr
+    if not np.issubdtype(arr.dtype, np.number) or not np.all((arr == 0) | (arr == 1)):
+        raise ValueError("masks must be boolean (or 0/1) rows: True = the contributor is in the coalition")
+    return arr.astype(bool)
+
+
+def build_pool(masks, values, empty_value: float, full_value: float) -> CoalitionPool:
+    """Validate ``masks`` (B, n) and ``values`` (B,), merge repeats, and find complement pairs.
+
+    Raises ValueError, naming the rule and the fix, on: a shape mismatch, fewer than 2 contributors,
+    non-finite utilities, or a row that is the empty or the full coalition.
+    """
+    masks = _as_masks(masks)
+    n_rows, n = masks.shape
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.shape[0] != n_rows:
+        raise ValueError(
+            f"values must have one utility per row of masks: masks has {n_rows} rows, "
+            f"values has shape {values.shape}"
+        )
+    if n < 2:
+        raise ValueError(f"need at least 2 contributors (columns of masks), got {n}")
+    if n_rows == 0:
+        raise ValueError("masks has no rows: evaluate some coalitions first (CoalitionDesign.take)")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise ValueError(
+            f"values has {len(bad)} non-finite entries (NaN or inf), first at row {bad[0]}; "
+            "drop or re-evaluate those coalitions"
+        )
+    for name, v in (("empty_value", empty_value), ("full_value", full_value)):
+        if not np.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    sizes_rows = masks.sum(axis=1)
+    for label, rows in (("empty", np.flatnonzero(sizes_rows == 0)), ("full", np.flatnonzero(sizes_rows == n))):
+        if len(rows):
+            where = "empty_value" if label == "empty" else "full_value"
+            raise ValueError(
+                f"masks row {rows[0]} is the {label} coalition ({len(rows)} such rows); its utility is "
+                f"passed as {where}, not as a row: drop these rows"
+            )
+
+    packed = pack_rows(masks)
+    _, first, inverse, counts = np.unique(packed, axis=0, return_index=True, return_inverse=True,
+                                          return_counts=True)
+    inverse = inverse.reshape(-1)
+    # Keep distinct coalitions in order of first appearance, so the pool reads like the design.
+    order = np.argsort(first, kind="stable")
+    relabel = np.empty_like(order)
+    relabel[order] = np.arange(len(order))
+    row_index = relabel[inverse]
+    coalitions = masks[first[order]]
+    multiplicity = counts[order].astype(np.int64)
+    mean_values = np.bincount(row_index, weights=values, minlength=len(order)) / multiplicity
+
+    noise_dof = int(n_rows - len(order))
+    noise_std = None
+    if noise_dof > 0:
+        ss = float(np.sum((values - mean_values[row_index]) ** 2))
+        noise_std = float(np.sqrt(ss / noise_dof))
+
+    keys = {row.tobytes(): i for i, row in enumerate(pack_rows(coalitions))}
+    complement = np.array([keys.get(row.tobytes(), -1) for row in pack_rows(~coalitions)], dtype=np.int64)
+    idx = np.arange(len(coalitions))
+    root = np.where(complement >= 0, np.minimum(idx, complement), idx)
+    _, unit = np.unique(root, return_inverse=True)
+    unit = unit.reshape(-1)
+    sizes = coalitions.sum(axis=1).astype(np.int64)
+    return CoalitionPool(
+        n_players=int(n),
+        masks=masks,
+        values=values,
+        empty_value=float(empty_value),
+        full_value=float(full_value),
+        coalitions=coalitions,
+        mean_values=mean_values,
+        multiplicity=multiplicity,
+        row_index=row_index,
+        sizes=sizes,
+        complement=complement,
+        unit=unit,
+        n_units=int(unit.max()) + 1,
+        noise_std=noise_std,
+        noise_dof=noise_dof,
+    )
+
+
+def bootstrap_weights(pool: CoalitionPool, n_resamples: int, seed: int) -> np.ndarray:
+    """Weights of the distinct coalitions in ``n_resamples`` pair-bootstrap resamples; (R, U) float.
+
+    Units (a coalition with its complement, or a lone coalition) are drawn with replacement, n_units
+    of them; a coalition's weight is its multiplicity times how often its unit was drawn. Row 0 of the
+    result is *not* the original sample; callers add the point estimate themselves.
+
+    Resampling with replacement treats the pool as draws from an infinite population. Where a design
+    has taken every coalition of a size (sizes 1 and n − 1 under the Shapley kernel at small n), that
+    size has no sampling error, only the utility's noise, so there the intervals are conservative.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xB007]))
+    counts = rng.multinomial(pool.n_units, np.full(pool.n_units, 1.0 / pool.n_units), size=n_resamples)
+    return counts[:, pool.unit].astype(np.float64) * pool.multiplicity[None, :]
+
+
+def stratum_totals(pool: CoalitionPool, weights: np.ndarray) -> np.ndarray:
+    """Σ of weights over the coalitions of the same size, broadcast back to each coalition.
+
+    weights: (R, U) ≥ 0. Returns (R, U); entry (r, u) is the total weight of size |S_u| in resample r.
+    Post-stratifying by size is what makes the estimators valid for any pool that is uniform within
+    sizes, whatever the size distribution; a coalition and its complement get equal weights whenever
+    the pool is fully paired, since then every size s has as many rows as size n − s.
+    """
+    onehot = np.zeros((pool.n_distinct, pool.n_players + 1))
+    onehot[np.arange(pool.n_distinct), pool.sizes] = 1.0
+    totals = weights @ onehot
+    return totals[:, pool.sizes]

@@ -1,0 +1,178 @@
+"""Proxies of the utility: cheap models of v(S) whose Shapley values are known exactly.
+
+A proxy is fitted to (coalition, utility − v(∅)) pairs and treated as a game of its own: f(∅) is its
+prediction at the all-zero row, f(N) at the all-one row. Two proxies:
+
+- ``linear``: ridge regression on the membership indicators plus a smooth trend in the coalition's
+  size, f(S) = β0 + Σ_{i∈S} β_i + Σ_p γ_p (|S|/n)^p, p ∈ SIZE_POWERS (ridge strength by efficient
+  leave-one-out cross-validation). Utilities saturate with the amount of data; the size trend takes
+  that curvature out of the residual at the cost of two parameters. Its Shapley values are
+  β_i + Σ_p γ_p / n (a function of |S| alone is shared equally: (h(n) − h(0)) / n each).
+- ``tree``: the linear proxy plus gradient-boosted trees (scikit-learn ``HistGradientBoostingRegressor``)
+  fitted to the linear proxy's residuals. Starting from the linear fit leaves the trees the interactions
+  only; an additive utility over hundreds of contributors would otherwise need hundreds of splits.
+
+Tree Shapley values are exact, not sampled. On 0/1 inputs a leaf is reached from coalition S iff S
+contains every contributor in A (splits the path takes on the "1" side only) and none in R (the "0"
+side only). The leaf's game 1{A ⊆ S, R ∩ S = ∅} has Shapley values 1 / (|A| C(|A|+|R|, |A|)) on A and
+−1 / (|R| C(|A|+|R|, |R|)) on R (a contributor of A helps iff it arrives last among A and before all of
+R). Summing leaf value × these over all leaves of all trees gives the proxy's values; this reads the
+fitted trees from ``HistGradientBoostingRegressor._predictors`` (scikit-learn 1.9 is pinned), and the
+tests check the reconstruction against ``predict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import comb
+
+import numpy as np
+
+PROXIES = ("tree", "linear")
+SIZE_POWERS = (2, 3)
+_RIDGE_ALPHAS = np.logspace(-4, 4, 17)
+
+
+def linear_features(z: np.ndarray) -> np.ndarray:
+    """Features (k, n + len(SIZE_POWERS)) of the linear proxy: memberships, then (|S|/n)^p."""
+    z = np.asarray(z, dtype=np.float64)
+    u = z.mean(axis=1, keepdims=True)
+    return np.hstack([z] + [u**p for p in SIZE_POWERS])
+
+
+@dataclass
+class TreeSettings:
+    """Boosting settings of the tree proxy (kept small: fitted K + 1 times per estimate)."""
+
+    max_iter: int = 100  # boosting rounds
+    learning_rate: float = 0.1
+    max_leaf_nodes: int = 8  # leaves per tree; depth of interactions a tree can hold
+    min_samples_leaf: int = 8  # coalitions per leaf
+    l2_regularization: float = 1.0
+
+
+@dataclass
+class FittedProxy:
+    """A fitted proxy f over coalitions; f(S) approximates v(S) − v(∅).
+
+    ``coef`` (n + len(SIZE_POWERS),) and ``intercept``: the linear part on ``linear_features``;
+    ``trees``: the boosted part or None. ``shapley`` (n,): exact Shapley values of f as a game; they
+    sum to f(N) − f(∅).
+    """
+
+    coef: np.ndarray
+    intercept: float
+    trees: object | None = None
+    shapley: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def n_players(self) -> int:
+        return len(self.coef) - len(SIZE_POWERS)
+
+    def predict(self, z: np.ndarray) -> np.ndarray:
+        """f at coalitions z (k, n) bool/0-1; (k,) in utility units (relative to v(∅))."""
+        z = np.asarray(z, dtype=np.float64)
+        out = linear_features(z) @ self.coef + self.intercept
+        if self.trees is not None:
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1, user_api="openmp"):
+                out = out + self.trees.predict(z)
+        return out
+
+    def endpoints(self) -> tuple[float, float]:
+        """(f(∅), f(N))."""
+        n = self.n_players
+        ends = self.predict(np.stack([np.zeros(n), np.ones(n)]))
+        return float(ends[0]), float(ends[1])
+
+
+def fit_linear(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ridge fit y ≈ linear_features(z)·β + β0, ridge strength by efficient leave-one-out CV."""
+    from sklearn.linear_model import RidgeCV
+
+    model = RidgeCV(alphas=_RIDGE_ALPHAS)
+    model.fit(linear_features(z), y, sample_weight=sample_weight)
+    return np.asarray(model.coef_, dtype=np.float64), float(model.intercept_)
+
+
+def fit_proxy(kind: str, z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, seed: int,
+              settings: TreeSettings | None = None) -> FittedProxy:
+    """Fit a proxy of ``kind`` ("tree" or "linear") to targets y (k,) at coalitions z (k, n).
+
+    sample_weight (k,): evaluations behind each target. The tree's randomness (none with the settings
+    used, kept for safety) is seeded with ``seed``.
+    """
+    if kind not in PROXIES:
+        raise ValueError(f"unknown proxy {kind!r}; choose one of {PROXIES}")
+    z = np.asarray(z, dtype=np.float64)
+    n = z.shape[1]
+    coef, intercept = fit_linear(z, y, sample_weight)
+    proxy = FittedProxy(coef=coef, intercept=intercept)
+    values = coef[:n] + coef[n:].sum() / n
+    if kind == "tree":
+        from sklearn.ensemble import HistGradientBoostingRegressor
+        from threadpoolctl import threadpool_limits
+
+        s = settings or TreeSettings()
+        trees = HistGradientBoostingRegressor(
+            max_iter=s.max_iter,
+            learning_rate=s.learning_rate,
+            max_leaf_nodes=s.max_leaf_nodes,
+            min_samples_leaf=s.min_samples_leaf,
+            l2_regularization=s.l2_regularization,
+            early_stopping=False,
+            random_state=int(seed),
+        )
+        # One OpenMP thread: these fits are small, and on a shared machine spinning threads of several
+        # processes make them orders of magnitude slower.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            trees.fit(z, y - proxy.predict(z), sample_weight=sample_weight)
+        proxy.trees = trees
+        values = values + boosted_tree_shapley(trees, n)
+    proxy.shapley = values
+    return proxy
+
+
+def boosted_tree_shapley(model, n_players: int) -> np.ndarray:
+    """Exact Shapley values (n,) of a fitted HistGradientBoostingRegressor on 0/1 inputs, as a game.
+
+    The game is S ↦ model.predict(indicator of S); values sum to predict(1…1) − predict(0…0).
+    """
+    out = np.zeros(n_players)
+    for stage in model._predictors:
+        for predictor in stage:
+            _add_tree_shapley(predictor.nodes, out)
+    return out
+
+
+def _add_tree_shapley(nodes, out: np.ndarray) -> None:
+    """Accumulate one tree's leaf games into ``out`` (see the module docstring)."""
+    # stack entries: (node index, {contributor: frozenset of allowed values from {0, 1}})
+    stack = [(0, {})]
+    while stack:
+        idx, allowed = stack.pop()
+        node = nodes[idx]
+        if node["is_leaf"]:
+            need_in = [f for f, vals in allowed.items() if vals == {1}]
+            need_out = [f for f, vals in allowed.items() if vals == {0}]
+            a, r = len(need_in), len(need_out)
+            if a + r == 0:
+                continue
+            value = float(node["value"])
+            if a:
+                out[need_in] += value / (a * comb(a + r, a))
+            if r:
+                out[need_out] -= value / (r * comb(a + r, r))
+            continue
+        if node["is_categorical"]:
+            raise ValueError("tree proxy got a categorical split; the proxy is fitted on 0/1 floats only")
+        feature = int(node["feature_idx"])
+        threshold = float(node["num_threshold"])
+        current = allowed.get(feature, {0, 1})
+        for child, side in ((int(node["left"]), {v for v in current if v <= threshold}),
+                            (int(node["right"]), {v for v in current if v > threshold})):
+            if side:  # an empty side is unreachable from any coalition
+                branch = dict(allowed)
+                branch[feature] = side
+                stack.append((child, branch))

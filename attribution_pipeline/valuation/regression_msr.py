@@ -1,0 +1,150 @@
+"""Regression-adjusted Monte Carlo (Witter, Liu & Musco, NeurIPS 2025) and the proxy alone.
+
+Shapley values are linear in the game, so for any proxy f:  φ(v) = φ(f) + φ(v − f).  φ(f) is computed
+exactly (``proxies.py``) and φ(v − f) is estimated by MSR Monte Carlo on the residuals
+(``montecarlo.py``), whose variance shrinks with the residuals: a good proxy makes the estimate
+accurate, a bad one only makes it noisier, never biased.
+
+Cross-fitting (our choice; it keeps the correction unbiased). The bootstrap units are split into K
+folds; the proxy f_k is fitted without fold k and the residuals of fold k are taken from f_k:
+
+    φ̂ = (1/K) Σ_k [φ(f_k) + ((v(N) − v(∅) − f_k(N)) + f_k(∅)) / n] + MSR(out-of-fold residuals).
+
+Fitting the proxy on the rows it then corrects would shrink those residuals and leave part of the
+proxy's bias uncorrected. The error of φ̂ is the MSR error on the residual game given the proxies, so
+the pair bootstrap resamples the MSR term with the proxies held fixed (no refits: cheap).
+
+``proxy`` (the proxy alone, as SurrogateSHAP does): the mean over the K fold fits of φ(f_k) plus the
+exact ∅/N terms (so efficiency holds); averaging the fold fits is bagging, and reuses the fits of
+``regression-msr``. Its spread is the delete-a-fold jackknife over the K fits (K − 1 degrees of
+freedom); its bias (what the proxy cannot represent) is not in the interval. Rank intervals come from
+independent t draws per contributor.
+
+The cross-fit of a pool is cached (a few entries, keyed by the pool's content, the proxy and the seed),
+so ``regression-msr`` and ``proxy`` on the same pool fit the proxies once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
+
+from attribution_pipeline.valuation.montecarlo import shapley_msr, shapley_msr_design
+from attribution_pipeline.valuation.pool import CoalitionPool, bootstrap_weights, stratum_totals
+from attribution_pipeline.valuation.proxies import FittedProxy, fit_proxy
+from attribution_pipeline.valuation.result import RawEstimate
+
+N_FOLDS = 5
+
+
+def _fold_of(pool: CoalitionPool, seed: int) -> tuple[np.ndarray, int]:
+    """Fold (U,) of each distinct coalition (a pair stays in one fold) and the number of folds."""
+    n_folds = N_FOLDS if pool.n_units >= 2 * N_FOLDS else 2
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xF01D]))
+    fold_of_unit = rng.permutation(pool.n_units) % n_folds
+    return fold_of_unit[pool.unit], n_folds
+
+
+def _efficient_proxy_values(proxy: FittedProxy, delta: float, n: int) -> np.ndarray:
+    """φ(f) plus the exact ∅/N residual terms: Shapley values of f with f(∅), f(N) replaced by truth."""
+    f_empty, f_full = proxy.endpoints()
+    return proxy.shapley + ((delta - f_full) + f_empty) / n
+
+
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 4
+
+
+def _cache_key(pool: CoalitionPool, kind: str, seed: int) -> str:
+    digest = hashlib.sha1()
+    for arr in (pool.coalitions, pool.mean_values, pool.multiplicity):
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    digest.update(f"{pool.empty_value!r}|{pool.full_value!r}|{kind}|{seed}|{pool.n_players}".encode())
+    return digest.hexdigest()
+
+
+def cross_fit(pool: CoalitionPool, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fold estimates (K, n) of φ(f_k) + ∅/N terms, and out-of-fold residuals (U,) of v − v(∅) − f."""
+    key = _cache_key(pool, kind, seed)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        thetas, residuals = _CACHE[key]
+        return thetas.copy(), residuals.copy()
+    thetas, residuals = _cross_fit(pool, kind, seed)
+    _CACHE[key] = (thetas.copy(), residuals.copy())
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return thetas, residuals
+
+
+def _cross_fit(pool: CoalitionPool, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    folds, n_folds = _fold_of(pool, seed)
+    z = pool.coalitions.astype(np.float64)
+    y = pool.mean_values - pool.empty_value
+    weight = pool.multiplicity.astype(np.float64)
+    residuals = np.empty(pool.n_distinct)
+    thetas = np.empty((n_folds, pool.n_players))
+    for k in range(n_folds):
+        train, test = folds != k, folds == k
+        proxy = fit_proxy(kind, z[train], y[train], weight[train], seed=seed + k)
+        residuals[test] = y[test] - proxy.predict(z[test])
+        thetas[k] = _efficient_proxy_values(proxy, pool.delta, pool.n_players)
+    return thetas, residuals
+
+
+def effective_dof(pool: CoalitionPool, residuals: np.ndarray) -> np.ndarray:
+    """Degrees of freedom (n,) of each contributor's bootstrap variance, for the t multiplier.
+
+    The correction is a sum of independent unit terms d_u (a pair's weighted residuals); for one
+    contributor a few units (the coalitions it forms alone, or the only one it is missing from) can
+    carry most of the variance, and then the variance estimate is as unreliable as a sample of a few.
+    With x_u = d_u² (d centred), df = 2 (Σ x)² / (U · sample variance of x): U for Gaussian terms,
+    small when a few terms dominate (the Welch–Satterthwaite idea with the terms' kurtosis estimated).
+    """
+    ones = pool.multiplicity[None, :].astype(np.float64)
+    totals = np.maximum(stratum_totals(pool, ones), 1e-300)[0]
+    rows = (pool.multiplicity * residuals / totals)[:, None] * shapley_msr_design(pool)
+    units = np.zeros((pool.n_units, pool.n_players))
+    np.add.at(units, pool.unit, rows)
+    d2 = (units - units.mean(axis=0)) ** 2
+    n_units = pool.n_units
+    spread = d2.var(axis=0, ddof=1) * n_units
+    dof = 2.0 * d2.sum(axis=0) ** 2 / np.maximum(spread, 1e-300)
+    return np.clip(dof, 1.0, n_units - 1.0)
+
+
+def regression_msr(pool: CoalitionPool, kind: str, seed: int, n_bootstrap: int) -> RawEstimate:
+    """Regression-adjusted MSR Shapley estimate with a ``kind`` ("tree"/"linear") proxy; efficient."""
+    thetas, residuals = cross_fit(pool, kind, seed)
+    base = thetas.mean(axis=0)
+    weights = pool.multiplicity[None, :].astype(np.float64)
+    if n_bootstrap > 0:
+        weights = np.vstack([weights, bootstrap_weights(pool, n_bootstrap, seed)])
+    # Residual game: g = v − v(∅) − f̄ at the pool (out of fold); its ∅/N terms are already in thetas.
+    estimates = base[None, :] + shapley_msr(pool, residuals, weights, 0.0, 0.0)
+    return RawEstimate(
+        estimates[0], estimates[1:] if n_bootstrap > 0 else None, None, effective_dof(pool, residuals),
+        f"pair bootstrap of the residual correction ({n_bootstrap} resamples of {pool.n_units} units; "
+        f"{len(thetas)}-fold cross-fitted {kind} proxy held fixed)",
+    )
+
+
+def proxy_only(pool: CoalitionPool, kind: str, seed: int, n_draws: int) -> RawEstimate:
+    """Shapley values of the bagged ``kind`` proxy (mean of the fold fits), with ∅/N terms."""
+    thetas, _ = cross_fit(pool, kind, seed)
+    values = thetas.mean(axis=0)
+    k = len(thetas)
+    centred = thetas - values
+    se = np.sqrt((k - 1) / k * np.sum(centred**2, axis=0))
+    # K fits span only K − 1 directions, too few to draw rank intervals from; draw each contributor
+    # independently from the t distribution its interval uses.
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9A0C]))
+    draws = values[None, :] + se[None, :] * rng.standard_t(k - 1, size=(n_draws, len(values)))
+    return RawEstimate(
+        values, draws if n_draws > 0 else None, se, k - 1,
+        f"delete-a-fold jackknife over {k} fold fits of the {kind} proxy (proxy bias not included)",
+        warnings=["proxy: the proxy's own bias is not corrected nor in the intervals; "
+                  "regression-msr corrects it"],
+    )
