@@ -206,3 +206,17 @@ def test_repeated_rows_are_averaged_and_measure_noise():
     np.testing.assert_allclose(res.values, averaged.values, atol=1e-12)
     assert res.n_coalitions == 60 and res.n_evaluations == 240
     assert res.noise_std == pytest.approx(0.05, rel=0.2)
+
+
+def test_proxy_warns_only_when_the_residual_correction_is_significant():
+    from attribution_pipeline.valuation.pool import build_pool
+    from attribution_pipeline.valuation.regression_msr import _bias_warning
+
+    n = 10
+    masks = CoalitionDesign(n, seed=0).take(200)
+    pool = build_pool(masks, np.zeros(len(masks)), 0.0, 0.0)
+    assert _bias_warning(pool, np.zeros(pool.n_distinct), seed=0) == []
+    rng = np.random.default_rng(0)
+    assert _bias_warning(pool, rng.normal(0, 1, pool.n_distinct), seed=0) == []
+    biased = 5.0 * pool.coalitions[:, 0] + rng.normal(0, 1, pool.n_distinct)
+    assert "regression-msr" in _bias_warning(pool, biased, seed=0)[0]

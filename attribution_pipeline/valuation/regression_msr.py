@@ -133,7 +133,7 @@ def regression_msr(pool: CoalitionPool, kind: str, seed: int, n_bootstrap: int) 
 
 def proxy_only(pool: CoalitionPool, kind: str, seed: int, n_draws: int) -> RawEstimate:
     """Shapley values of the bagged ``kind`` proxy (mean of the fold fits), with ∅/N terms."""
-    thetas, _ = cross_fit(pool, kind, seed)
+    thetas, residuals = cross_fit(pool, kind, seed)
     values = thetas.mean(axis=0)
     k = len(thetas)
     centred = thetas - values
@@ -145,6 +145,21 @@ def proxy_only(pool: CoalitionPool, kind: str, seed: int, n_draws: int) -> RawEs
     return RawEstimate(
         values, draws if n_draws > 0 else None, se, k - 1,
         f"delete-a-fold jackknife over {k} fold fits of the {kind} proxy (proxy bias not included)",
-        warnings=["proxy: the proxy's own bias is not corrected nor in the intervals; "
-                  "regression-msr corrects it"],
+        warnings=_bias_warning(pool, residuals, seed),
     )
+
+
+def _bias_warning(pool: CoalitionPool, residuals: np.ndarray, seed: int) -> list[str]:
+    """A warning when the MSR correction (an unbiased estimate of the proxy's bias) is significant.
+
+    With c the correction and Σ its bootstrap covariance, ‖c‖² − tr Σ estimates ‖bias‖² without bias;
+    we warn when it exceeds tr Σ, i.e. when correcting would be expected to lower the error.
+    """
+    weights = np.vstack([pool.multiplicity[None, :].astype(np.float64), bootstrap_weights(pool, 100, seed)])
+    correction = shapley_msr(pool, residuals, weights, 0.0, 0.0)
+    spread = float(np.sum(correction[1:].var(axis=0, ddof=1)))
+    size = float(np.sum(correction[0] ** 2))
+    if size - spread > spread:
+        return [f"proxy: its bias looks larger than its sampling error (residual correction ‖c‖² = {size:.3g}, "
+                f"noise tr Σ = {spread:.3g}); method='regression-msr' corrects it"]
+    return []
