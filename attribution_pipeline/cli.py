@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from attribution_pipeline.config import DEFAULT_DATA_DIR, PipelineConfig, load_preset

@@ -56,8 +56,8 @@ def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) ->
     each of at most ``per_run`` keys."""
     position = {k: i for i, k in enumerate(ordered_keys)}
     idx = sorted(position[k] for k in missing)
-    runs, start = [], None
-    for j, i in enumerate(idx):
+    runs, start, prev, count = [], None, -1, 0
+    for i in idx:
         if start is None:
             start, count = i, 1
         elif i == prev + 1 and count < per_run:

@@ -1,6 +1,5 @@
 """The diffusion model, its training loop and DDIM generation, on tiny configs."""
 
-import numpy as np
 import pytest
 import torch
 

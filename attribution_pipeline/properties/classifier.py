@@ -14,9 +14,8 @@ split to report accuracy.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from attribution_pipeline.storage.artifacts import atomic_write_bytes
 
 FORMAT = "attribution_pipeline.reference_classifier/1"
 # Intra-op threads for this small network. Its tensors are tiny, so extra threads only add
@@ -137,17 +138,9 @@ class ReferenceClassifier(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "config": dict(self.config), "class_names": list(self.class_names),
                    "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
         return path
 
     @classmethod

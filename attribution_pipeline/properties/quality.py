@@ -15,9 +15,7 @@ embeds the generated images.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +25,7 @@ import torch
 from cleanfid.fid import frechet_distance, get_batch_features, kernel_distance
 
 from attribution_pipeline.properties.classifier import ReferenceClassifier
+from attribution_pipeline.storage.artifacts import atomic_write_bytes
 
 INCEPTION_FILE = "inception-2015-12-05.pt"  # the name clean-fid gives its TorchScript weights
 INCEPTION_DIM = 2048
@@ -152,18 +151,9 @@ class ReferenceStats:
     def save(self, path: str | Path) -> Path:
         """Write an ``.npz`` atomically (temporary sibling, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:  # a file object, so numpy does not append ".npz"
-                np.savez(fh, mu=self.mu, sigma=self.sigma, features=self.features, extractor=np.array(self.extractor))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        buffer = io.BytesIO()  # a file object, so numpy does not append ".npz"
+        np.savez(buffer, mu=self.mu, sigma=self.sigma, features=self.features, extractor=np.array(self.extractor))
+        atomic_write_bytes(path, buffer.getvalue())
         return path
 
     @classmethod

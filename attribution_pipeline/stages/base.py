@@ -17,14 +17,26 @@ import numpy as np
 import torch
 
 from attribution_pipeline import versions
-
 from attribution_pipeline.config import PipelineConfig
-from attribution_pipeline.data.contributors import discover_contributors, load_contributor_images, to_model_range
-
-from attribution_pipeline.layout import RunLayout, content_hash, current_signature, signature
-
+from attribution_pipeline.data.contributors import (
+    discover_contributors,
+    load_contributor_images,
+    to_model_range,
+)
+from attribution_pipeline.layout import (
+    RunLayout,
+    content_hash,
+    current_signature,
+    signature,
+)
 from attribution_pipeline.models.train import train_diffusion
-from attribution_pipeline.models.unet import build_unet, load_unet, noise_scheduler, pick_device, save_unet
+from attribution_pipeline.models.unet import (
+    build_unet,
+    load_unet,
+    noise_scheduler,
+    pick_device,
+    save_unet,
+)
 from attribution_pipeline.storage.artifacts import atomic_write_json, read_manifest
 
 Log = Callable[[str], None]

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from attribution_pipeline.coalitions import EMPTY_KEY, Coalition, make_coalition, masks_to_coalitions
 from attribution_pipeline.config import PipelineConfig
