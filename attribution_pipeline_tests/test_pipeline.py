@@ -58,6 +58,8 @@ def test_valuation_end_to_end_then_cached_then_grown(tiny_config, four_contribut
         assert abs(total - (rows["v_full"][0] - rows["v_empty"][0])) < 1e-6
         assert (rows["ci_low"] <= rows["value"]).all() and (rows["value"] <= rows["ci_high"]).all()
     assert {"shapley", "banzhaf"} <= set(shap["value_kind"])
+    assert ((shap["p_top"] >= 0) & (shap["p_top"] <= 1)).all()
+    assert (shap["rank_low"] <= shap["rank_high"]).all()
     assert "sum of values" in out.getvalue()
 
     # Dagster saw every coalition partition

@@ -79,6 +79,9 @@ SCHEMA = [
         computed_at TIMESTAMP NOT NULL,
         PRIMARY KEY (round_id, contributor, property, estimator)
     )""",
+    # P(contributor in the top k by value) across the bootstrap draws; added after the first release
+    "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS p_top DOUBLE",
+    "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS top_k INTEGER",
     """CREATE OR REPLACE VIEW latest_shapley_values AS
         SELECT s.* FROM shapley_values s
         WHERE s.round_id = (SELECT round_id FROM valuation_rounds ORDER BY computed_at DESC LIMIT 1)""",
