@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -61,8 +62,20 @@ def load_unet(folder: Path) -> UNet2DModel:
     return UNet2DModel.from_pretrained(folder, local_files_only=True)
 
 
+THREADS_ENV = "ATTRIBUTION_PIPELINE_TORCH_THREADS"
+
+
 def pick_device(requested: str = "auto") -> torch.device:
-    """``auto`` = CUDA when present, else CPU."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    """``auto`` = CUDA when present, else CPU.
+
+    On the CPU, torch runs on ``$ATTRIBUTION_PIPELINE_TORCH_THREADS`` threads (default 1). The
+    models here are small: measured on 2 cores, one thread trains the pruned digits UNet at
+    31 ms/step (batch 32) while two threads took 55 ms/step alone and over 1 s/step as soon as
+    another process shared the cores.
+    """
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested)
+    if device.type == "cpu":
+        threads = int(os.environ.get(THREADS_ENV, "1"))
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    return device
