@@ -3,7 +3,7 @@ import multiprocessing as mp
 import pytest
 
 from attribution_pipeline.storage.artifacts import (
-    ArtifactMissingError, atomic_folder, cleanup_stale_temporaries, is_complete, read_manifest,
+    ArtifactMissingError, atomic_folder, is_complete, read_manifest,
 )
 from attribution_pipeline.storage.results import ResultStore
 
@@ -30,8 +30,6 @@ def test_folder_without_manifest_is_not_complete(tmp_path):
     assert not is_complete(tmp_path / "half")
     with pytest.raises(ArtifactMissingError, match="materialize"):
         read_manifest(tmp_path / "half")
-    (tmp_path / ".x.tmp-123").mkdir()
-    assert cleanup_stale_temporaries(tmp_path) == 1
 
 
 def test_upsert_is_idempotent(tmp_path):

@@ -1,6 +1,6 @@
 """Artifacts are files (or folders) with manifests, written atomically.
 
-A writer fills a temporary sibling (``.name.tmp-XXXX``) and renames it into place only once the
+A writer fills a temporary sibling (``.name.tmp-<random>``) and renames it into place only once the
 content and its ``manifest.json`` are complete, so a killed process never leaves something that
 looks finished. The manifest's ``content_hash`` is the artifact's data version.
 """
@@ -106,13 +106,3 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 def is_complete(folder: Path) -> bool:
     return (Path(folder) / MANIFEST).is_file()
-
-
-def cleanup_stale_temporaries(parent: Path) -> int:
-    """Remove ``.*.tmp-*`` leftovers of killed writers under ``parent``; returns how many."""
-    n = 0
-    if Path(parent).is_dir():
-        for p in Path(parent).glob(".*.tmp-*"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            n += 1
-    return n
