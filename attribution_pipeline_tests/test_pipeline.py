@@ -98,3 +98,33 @@ def test_bad_contributors_fail_before_anything_is_written(tiny_config, tmp_path,
     assert run_valuation(cfg, quiet=True) == 2
     assert "broken.png" in capsys.readouterr().err
     assert not RunLayout.at(cfg.workdir).workdir.exists()
+
+
+def _check_results(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_asset_checks_pass_on_a_valuation_and_fail_on_tampered_results(tiny_config):
+    from attribution_pipeline.defs.build import build_definitions
+
+    cfg = tiny_config.override({"valuation": {"budget": 6}})
+    assert run_valuation(cfg, quiet=True) == 0
+    layout = RunLayout.at(cfg.workdir)
+    instance = dg.DagsterInstance.from_config(str(layout.dagster_home))
+    defs = build_definitions(str(layout.workdir))
+    base = defs.resolve_job_def("valuation_base").execute_in_process(instance=instance)
+    checks = _check_results(base)
+    assert checks == {"plan_covers_contributors": True, "utilities_are_finite": True}
+    store = ResultStore(layout.database)
+    assert _check_results(defs.resolve_job_def("shapley").execute_in_process(instance=instance)) == {
+        "shapley_efficiency": True}
+    # tampered results: a Shapley value that breaks efficiency, a NaN utility
+    store.delete_where("shapley_values", "contributor = 'digit_0' AND estimator = 'kernelshap'")
+    store.upsert("utilities", [{"coalition_key": "c-bogus", "property": "quality", "value": float("nan"),
+                                "method": "sft", "seed": 0, "elapsed_s": 0.0}])
+    check_job = dg.define_asset_job("only_checks", selection=dg.AssetSelection.checks_for_assets(
+        "shapley_values", "empty_coalition_utilities"))
+    defs2 = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[check_job],
+                           resources=defs.resources)
+    result = defs2.resolve_job_def("only_checks").execute_in_process(instance=instance, raise_on_error=False)
+    assert _check_results(result) == {"shapley_efficiency": False, "utilities_are_finite": False}

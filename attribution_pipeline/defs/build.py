@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from attribution_pipeline.defs import coalition_assets, model_assets, valuation_assets
+from attribution_pipeline.defs import checks, coalition_assets, model_assets, valuation_assets
 from attribution_pipeline.defs.resources import PipelineResource, default_workdir
 
 ALL_ASSETS = [
@@ -40,6 +40,7 @@ shapley_job = dg.define_asset_job(
 def build_definitions(workdir: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=ALL_ASSETS,
+        asset_checks=[checks.shapley_efficiency, checks.plan_covers_contributors, checks.utilities_are_finite],
         jobs=[base_job, coalitions_job, shapley_job],
         resources={"pipeline": PipelineResource(workdir=workdir or default_workdir())},
     )
