@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         home = prepare_dagster_home(Path(args.workdir))
         env = {**os.environ, "DAGSTER_HOME": str(home), "ATTRIBUTION_PIPELINE_WORKDIR": str(Path(args.workdir).resolve())}
         repo = Path(__file__).resolve().parent.parent
-        cmd = ["dagster", "dev", "-w", str(repo / "workspace.yaml"), "-p", str(args.port)]
+        # the dagster beside this interpreter, so `.venv/bin/attribution-pipeline ui` works unactivated
+        dagster = Path(sys.executable).parent / "dagster"
+        cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-w", str(repo / "workspace.yaml"),
+               "-p", str(args.port)]
         print(f"DAGSTER_HOME={home} ATTRIBUTION_PIPELINE_WORKDIR={env['ATTRIBUTION_PIPELINE_WORKDIR']} {' '.join(cmd)}")
         os.chdir(repo)
         os.execvpe(cmd[0], cmd, env)
