@@ -58,6 +58,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         valuation["seed"] = args.seed
     if args.property:
         valuation["properties"] = list(dict.fromkeys(args.property))
+    if args.method is not None:
+        valuation["method"] = args.method
     if valuation:
         changes["valuation"] = valuation
     cfg = cfg.override(changes)
@@ -82,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--property", action="append", help="property to value (repeatable; default: all of the preset)")
     run.add_argument("--budget", type=int, help="coalitions evaluated besides the empty and the full one (default 60)")
     run.add_argument("--seed", type=int, help="seed of the coalition design and the bootstrap (default 0)")
+    run.add_argument("--method", choices=["sft", "ft", "retrain"],
+                     help="utility of a coalition: sft = fine-tune the pruned base k steps (default), "
+                          "ft = fine-tune the full model k steps, retrain = train from scratch "
+                          "(retrain.n_seeds seeds, e.g. --set retrain.n_seeds=2); each is cached side by side")
     run.add_argument("--preset", default="digits", help="preset name or TOML file (default: digits)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override any config field, e.g. --set train.steps=300 --set finetune.steps=50")

@@ -105,6 +105,40 @@ class ValuationConfig:
     properties: tuple[str, ...] = ("quality", "diversity")
     estimator: str = "auto"  # the estimator whose rows the CLI prints
     coalitions_per_run: int = 16  # coalition partitions materialized per Dagster run by the CLI
+    # How a coalition's utility is measured: "sft" fine-tunes the pruned base k steps (the paper's
+    # method), "ft" fine-tunes the unpruned full model k steps, "retrain" trains from scratch with
+    # the full model's recipe (the ground truth, ~20x the cost on the default).
+    method: str = "sft"
+
+
+UTILITY_METHODS = ("sft", "ft", "retrain")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """The ``retrain`` utility method: train from scratch on the coalition with ``train``'s recipe."""
+
+    n_seeds: int = 1  # training seeds per coalition: train.seed, train.seed + 1, ...; utilities average them
+
+
+@dataclass(frozen=True)
+class LDSConfig:
+    """Linear datamodeling score: how well Σ_{i∈S} φ_i predicts the retrained utility of held-out S."""
+
+    alpha: float = 0.5  # fraction of contributors each test coalition keeps
+    n_test: int = 10  # held-out test coalitions (paper: 100)
+    n_seeds: int = 2  # retrain seeds per test coalition (>= 2: LDS is averaged over seeds, ceiling needs 2)
+    seed: int = 7  # seed of the test-coalition draw
+
+
+@dataclass(frozen=True)
+class CounterfactualConfig:
+    """Remove (or keep only) the top contributors by an attribution, retrain, measure the property."""
+
+    remove_fraction: float = 0.4  # "remove the top 40%"
+    keep_fraction: float = 0.6  # "keep only the top 60%"
+    n_random: int = 3  # random removals of the same size, the baseline
+    seed: int = 11  # seed of the random removals
 
 
 @dataclass(frozen=True)
@@ -121,6 +155,9 @@ class PipelineConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     valuation: ValuationConfig = field(default_factory=ValuationConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    lds: LDSConfig = field(default_factory=LDSConfig)
+    counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
 
     # ---- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +174,26 @@ class PipelineConfig:
         """A copy with ``changes`` (nested dicts, same shape as ``to_dict``) applied."""
         merged = _deep_merge(self.to_dict(), changes)
         return PipelineConfig.from_dict(merged)
+
+    def __post_init__(self) -> None:
+        if self.valuation.method not in UTILITY_METHODS:
+            raise ValueError(f"valuation.method must be one of {UTILITY_METHODS}, got {self.valuation.method!r}")
+        if self.retrain.n_seeds < 1:
+            raise ValueError(f"retrain.n_seeds must be >= 1, got {self.retrain.n_seeds}")
+        if self.lds.n_seeds < 2:
+            raise ValueError(f"lds.n_seeds must be >= 2 (LDS is averaged over seeds), got {self.lds.n_seeds}")
+        if not 0.0 < self.lds.alpha < 1.0:
+            raise ValueError(f"lds.alpha must be in (0, 1), got {self.lds.alpha}")
+        for name in ("remove_fraction", "keep_fraction"):
+            if not 0.0 < getattr(self.counterfactual, name) < 1.0:
+                raise ValueError(f"counterfactual.{name} must be in (0, 1), got {getattr(self.counterfactual, name)}")
+
+    def utility_seeds(self, method: str | None = None) -> list[int]:
+        """The seeds whose utilities a valuation by ``method`` averages."""
+        method = method or self.valuation.method
+        if method == "retrain":
+            return [self.train.seed + i for i in range(self.retrain.n_seeds)]
+        return [self.finetune.seed]
 
     @property
     def workdir_path(self) -> Path:

@@ -10,8 +10,10 @@
       models/full/                  the full model θ*
       models/pruned_base/           the pruned + fine-tuned base θ̃*
       models/untrained/             images of the random-init model (v(∅))
-      coalitions/<key>/checkpoint/  the coalition's fine-tuned model
+      coalitions/<key>/checkpoint/  the coalition's fine-tuned model (sFT)
       coalitions/<key>/images/      its generated images
+      coalitions/<key>/<method>-seed<s>/{checkpoint,images}   the ``ft`` / ``retrain`` utilities
+      evaluation/                   LDS and counterfactual summaries
 
 Each artifact folder carries a manifest with an ``inputs_signature``: a hash of the config that
 shaped it and the versions of what it was built from. A stage whose artifact already carries the
@@ -85,11 +87,18 @@ class RunLayout:
     def coalition_dir(self, key: str) -> Path:
         return self.workdir / "coalitions" / key
 
-    def coalition_checkpoint_dir(self, key: str) -> Path:
-        return self.coalition_dir(key) / "checkpoint"
+    def coalition_run_dir(self, key: str, method: str = "sft", seed: int | None = None) -> Path:
+        """sFT artifacts sit directly in the coalition's folder; ``ft`` and ``retrain`` (and sFT
+        with a non-default seed) get a ``<method>-seed<seed>`` sub-folder."""
+        if method == "sft" and seed is None:
+            return self.coalition_dir(key)
+        return self.coalition_dir(key) / f"{method}-seed{seed}"
 
-    def coalition_images_dir(self, key: str) -> Path:
-        return self.coalition_dir(key) / "images"
+    def coalition_checkpoint_dir(self, key: str, method: str = "sft", seed: int | None = None) -> Path:
+        return self.coalition_run_dir(key, method, seed) / "checkpoint"
+
+    def coalition_images_dir(self, key: str, method: str = "sft", seed: int | None = None) -> Path:
+        return self.coalition_run_dir(key, method, seed) / "images"
 
 
 def current_signature(folder: Path) -> str | None:

@@ -32,23 +32,18 @@ def prepare_dagster_home(workdir: Path) -> Path:
     return home
 
 
-def missing_coalitions(cfg: PipelineConfig, layout: RunLayout) -> list[str]:
-    """Planned coalition keys that lack an sFT utility for the current base and config."""
-    from attribution_pipeline.layout import content_hash
+def missing_coalitions(cfg: PipelineConfig, layout: RunLayout, method: str | None = None) -> list[str]:
+    """Planned coalition keys that lack a current utility by ``method`` (every seed, every property)."""
     from attribution_pipeline.stages import read_plan
+    from attribution_pipeline.stages.shapley import method_utilities
     from attribution_pipeline.storage.results import ResultStore
 
+    method = method or cfg.valuation.method
     plan = read_plan(layout)
-    base = content_hash(layout.pruned_base_dir)
     keys = list(dict.fromkeys(c.key for c in plan.coalitions))
-    df = ResultStore(layout.database).utilities_for(keys, method="sft")
-    done: dict[str, set] = {}
-    if len(df):
-        for r in df.iter_rows(named=True):
-            if r["seed"] == cfg.finetune.seed and r["base_version"] == base:
-                done.setdefault(r["coalition_key"], set()).add(r["property"])
-    wanted = set(cfg.valuation.properties)
-    return [k for k in keys if not wanted <= done.get(k, set())]
+    properties = list(cfg.valuation.properties)
+    have = method_utilities(cfg, layout, ResultStore(layout.database), keys, properties, method)
+    return [k for k in keys if not all((k, p) in have for p in properties)]
 
 
 def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) -> list[tuple[str, str, int]]:
@@ -129,28 +124,30 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> i
     missing = missing_coalitions(cfg, layout)
     ordered = instance.get_dynamic_partitions(coalition_partitions.name)
     runs = partition_runs(missing, ordered, max(1, cfg.valuation.coalitions_per_run))
-    say(f"[2/3] coalitions: {len(missing)} to evaluate in {len(runs)} run(s), "
+    say(f"[2/3] coalitions ({cfg.valuation.method}): {len(missing)} to evaluate in {len(runs)} run(s), "
         f"{len(set(ordered)) - len(missing)} already known")
     t0 = time.perf_counter()
     for i, (first, last, count) in enumerate(runs, 1):
         say(f"  run {i}/{len(runs)}: {count} coalition(s) {first} .. {last}")
         tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
-        if not execute("coalitions", tags=tags, run_config=log_cfg):
+        if not execute("coalitions", tags=tags, run_config={**log_cfg, "ops": {"coalition_outcomes": {
+                "config": {"method": cfg.valuation.method}}}}):
             return 1
     t_coalitions = time.perf_counter() - t0
 
     say("[3/3] Shapley values")
-    if not execute("shapley", run_config=log_cfg):
+    if not execute("shapley", run_config={**log_cfg, "ops": {"shapley_values": {"config": {
+            "method": cfg.valuation.method}}}}):
         return 1
     total = time.perf_counter() - t_start
     if missing:
         from attribution_pipeline.storage.results import ResultStore
 
-        df = ResultStore(layout.database).utilities_for(missing, method="sft")
+        df = ResultStore(layout.database).utilities_for(missing, method=cfg.valuation.method)
         import polars as pl
 
         # one elapsed_s per coalition (every property row of a coalition carries the same time)
-        compute = float(df.group_by("coalition_key").agg(pl.col("elapsed_s").first())["elapsed_s"].sum()) if len(df) else 0.0
+        compute = float(df.group_by("coalition_key", "seed").agg(pl.col("elapsed_s").first())["elapsed_s"].sum()) if len(df) else 0.0
         overhead = (t_coalitions - compute) / compute * 100 if compute > 0 else float("nan")
         say(f"coalition compute {compute:.1f}s, wall {t_coalitions:.1f}s: orchestration overhead {overhead:.1f}%")
     say(f"done in {total:.1f}s (base {t_base:.1f}s, coalitions {t_coalitions:.1f}s)")

@@ -52,6 +52,12 @@ def coalition_plan(
     )
 
 
+class CoalitionMethodConfig(dg.Config):
+    # "sft" (fine-tune the pruned base, default), "ft" (fine-tune the full model) or "retrain"
+    # (train from scratch, retrain.n_seeds seeds); None = the workdir's valuation.method
+    method: Optional[str] = None
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec("coalition_checkpoint", group_name=GROUP, partitions_def=coalition_partitions,
@@ -68,20 +74,25 @@ def coalition_plan(
     ],
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=16),
 )
-def coalition_outcomes(context: dg.AssetExecutionContext, pipeline: PipelineResource):
-    """Fine-tune, generate and score every coalition partition of this run."""
+def coalition_outcomes(context: dg.AssetExecutionContext, config: CoalitionMethodConfig,
+                       pipeline: PipelineResource):
+    """Train (by the configured method), generate and score every coalition partition of this run.
+    Utilities already present for the method and seed are read from cache, not recomputed."""
     cfg, layout, store = pipeline.config(), pipeline.layout(), pipeline.store()
+    method = config.method or cfg.valuation.method
     keys = list(context.partition_keys)
     coalitions = stages.coalitions_by_key(store, keys)
     for i, key in enumerate(keys, 1):
         coalition = coalitions[key]
-        out = stages.evaluate_coalition(cfg, layout, store, coalition, context.log.info)
+        outs = stages.evaluate_coalition_all_seeds(cfg, layout, store, coalition, context.log.info, method)
+        out = outs[0]
         context.log.info(
-            f"[{i}/{len(keys)}] coalition {key} (size {coalition.size}): "
+            f"[{i}/{len(keys)}] coalition {key} (size {coalition.size}, {method}): "
             + ", ".join(f"{p}={v:.4g}" for p, v in out.utilities.items())
-            + f" in {out.elapsed_s:.1f}s" + (" (cached)" if out.checkpoint.skipped else "")
+            + f" in {sum(o.elapsed_s for o in outs):.1f}s" + (" (cached)" if out.checkpoint.skipped else "")
         )
         context.add_asset_metadata({"members": ", ".join(coalition.members), "size": coalition.size,
+                                    "method": method, "seeds": ", ".join(str(o.extra["seed"]) for o in outs),
                                     "content_hash": out.checkpoint.content_hash,
                                     "finetune_s": round(out.checkpoint.elapsed_s, 3),
                                     "skipped_up_to_date": out.checkpoint.skipped},
@@ -89,10 +100,11 @@ def coalition_outcomes(context: dg.AssetExecutionContext, pipeline: PipelineReso
         context.add_asset_metadata({"n_images": out.images.metadata["n_images"],
                                     "content_hash": out.images.content_hash,
                                     "generate_s": round(out.images.elapsed_s, 3),
-                                    "grid": dg.MetadataValue.path(out.images.metadata["grid"])},
+                                    "grid": dg.MetadataValue.path(out.images.metadata["grid"]),
+                                    "method": method},
                                    asset_key="coalition_images", partition_key=key)
-        context.add_asset_metadata({**{p: float(v) for p, v in out.utilities.items()},
-                                    "elapsed_s": round(out.elapsed_s, 3)},
+        context.add_asset_metadata({**{p: float(sum(o.utilities[p] for o in outs) / len(outs)) for p in out.utilities},
+                                    "method": method, "elapsed_s": round(sum(o.elapsed_s for o in outs), 3)},
                                    asset_key="coalition_utilities", partition_key=key)
     for name in ("coalition_checkpoint", "coalition_images", "coalition_utilities"):
         yield dg.MaterializeResult(asset_key=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -14,14 +15,15 @@ from attribution_pipeline.data.imagesets import GRID_FILE, load_image_set, save_
 from attribution_pipeline.layout import RunLayout, content_hash, current_signature, signature
 from attribution_pipeline.models.sampling import generate_images
 from attribution_pipeline.models.train import train_diffusion
-from attribution_pipeline.models.unet import build_unet, load_unet, pick_device
+from attribution_pipeline.models.unet import build_unet, load_unet, pick_device, save_unet
 from attribution_pipeline.stages.base import (
     Log, StageResult, _progress, _quiet, _score, load_images, read_contributors,
 )
 from attribution_pipeline.storage.artifacts import atomic_write_json, read_manifest
 from attribution_pipeline.storage.results import ResultStore
 
-SFT = "sft"
+SFT, FT, RETRAIN = "sft", "ft", "retrain"
+METHODS = (SFT, FT, RETRAIN)
 
 
 @dataclass
@@ -114,53 +116,130 @@ def _generate_and_save(cfg: PipelineConfig, model, folder, sig: str, log: Log) -
 
 
 def _utility_rows(key: str, utilities: dict[str, float], method: str, seed: int, elapsed: float,
-                  base_version: str | None, n_images: int) -> list[dict]:
+                  base_version: str | None, n_images: int, inputs_signature: str | None = None) -> list[dict]:
     device = str(pick_device())
     return [{"coalition_key": key, "property": p, "value": float(v), "method": method, "seed": seed,
-             "elapsed_s": elapsed, "base_version": base_version, "n_images": n_images, "device": device}
+             "elapsed_s": elapsed, "base_version": base_version, "n_images": n_images, "device": device,
+             "inputs_signature": inputs_signature}
             for p, v in utilities.items()]
 
 
-def evaluate_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coalition: Coalition,
-                       log: Log = _quiet) -> CoalitionOutcome:
-    """sFT utility of one coalition: fine-tune θ̃* k steps on its data, generate, score, store."""
-    from attribution_pipeline.models.pruning import save_pruned_unet
+@dataclass(frozen=True)
+class UtilitySpec:
+    """What one utility of one coalition is computed from, before any work: the model it starts
+    from (``base_version``, None when trained from scratch), the checkpoint's inputs signature, and
+    the signature of the utility itself (checkpoint + sampling + properties + instruments)."""
 
-    if coalition.size == 0:
-        raise ValueError("the empty coalition has no data to fine-tune on; use evaluate_empty_coalition")
-    start = time.perf_counter()
-    data = {c["contributor"]: c["data_hash"] for c in read_contributors(layout)["contributors"]}
+    method: str
+    seed: int
+    base_version: str | None
+    checkpoint_signature: str
+    utility_signature: str
+
+
+def utility_spec(cfg: PipelineConfig, layout: RunLayout, coalition: Coalition, method: str = SFT,
+                 seed: int | None = None, data: dict[str, str] | None = None) -> UtilitySpec:
+    if method not in METHODS:
+        raise ValueError(f"unknown utility method {method!r}; choose one of {METHODS}")
+    if data is None:
+        data = {c["contributor"]: c["data_hash"] for c in read_contributors(layout)["contributors"]}
     unknown = [m for m in coalition.members if m not in data]
     if unknown:
         raise ValueError(f"coalition {coalition.key} has member(s) {unknown} that are not current contributors")
-    base_version = content_hash(layout.pruned_base_dir)
+    members = [(m, data[m]) for m in coalition.members]
+    if method == RETRAIN:
+        seed = cfg.train.seed if seed is None else int(seed)
+        base_version = None
+        ckpt_sig = signature("retrain", cfg.model, cfg.train, seed, members)
+    else:
+        seed = cfg.finetune.seed if seed is None else int(seed)
+        base_dir = layout.pruned_base_dir if method == SFT else layout.full_model_dir
+        base_version = content_hash(base_dir)
+        f = cfg.finetune if seed == cfg.finetune.seed else dataclasses.replace(cfg.finetune, seed=seed)
+        # the sFT signature is unchanged from earlier releases so cached coalitions stay valid
+        ckpt_sig = signature("coalition_ft", f, cfg.model, base_version, members) if method == SFT else \
+            signature("coalition_full_ft", f, cfg.model, base_version, members)
+    reference = content_hash(layout.reference_dir) if (layout.reference_dir / "manifest.json").is_file() else None
+    util_sig = signature("utility", ckpt_sig, cfg.sampling, sorted(cfg.valuation.properties), reference)
+    return UtilitySpec(method, seed, base_version, ckpt_sig, util_sig)
+
+
+def _train_coalition_model(cfg: PipelineConfig, layout: RunLayout, coalition: Coalition, spec: UtilitySpec,
+                           log: Log):
+    """The coalition's model by ``spec.method``; returns (model, TrainResult-like elapsed, final loss)."""
+    images, _ = load_images(layout, coalition.members)
+    progress = _progress(log, f"coalition {coalition.key} ({spec.method}, seed {spec.seed})")
+    if spec.method == RETRAIN:
+        t = cfg.train
+        model = build_unet(cfg.model, seed=spec.seed)
+        return train_diffusion(model, images, cfg.model, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
+                               seed=spec.seed, warmup_steps=t.warmup_steps, ema="reset", ema_decay=t.ema_decay,
+                               device=pick_device(), progress=progress, progress_every=max(t.steps // 4, 1))
     f = cfg.finetune
-    ckpt_dir = layout.coalition_checkpoint_dir(coalition.key)
-    ckpt_sig = signature("coalition_ft", f, cfg.model, base_version, [(m, data[m]) for m in coalition.members])
-    if current_signature(ckpt_dir) == ckpt_sig:
+    model = load_unet(layout.pruned_base_dir if spec.method == SFT else layout.full_model_dir)
+    return train_diffusion(model, images, cfg.model, steps=f.steps, batch_size=f.batch_size, lr=f.lr,
+                           seed=spec.seed, ema=f.ema, ema_decay=f.ema_decay, device=pick_device(),
+                           progress=progress, progress_every=max(f.steps, 1))
+
+
+def evaluate_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coalition: Coalition,
+                       log: Log = _quiet, method: str = SFT, seed: int | None = None) -> CoalitionOutcome:
+    """The utility of one coalition by ``method``, stored in ``utilities`` (method, seed):
+
+    - ``sft``: fine-tune the pruned base θ̃* k steps on the coalition's data (the default);
+    - ``ft``: fine-tune the unpruned full model θ* k steps on it;
+    - ``retrain``: train from scratch with the full model's recipe and ``seed``.
+
+    Then generate with the shared noise and score. Each artifact is cached by its inputs
+    signature, so a present utility is never recomputed.
+    """
+    from attribution_pipeline.models.pruning import save_pruned_unet
+
+    if coalition.size == 0:
+        raise ValueError("the empty coalition has no data to train on; use evaluate_empty_coalition")
+    start = time.perf_counter()
+    spec = utility_spec(cfg, layout, coalition, method, seed)
+    run_seed = None if (method == SFT and spec.seed == cfg.finetune.seed) else spec.seed
+    ckpt_dir = layout.coalition_checkpoint_dir(coalition.key, method, run_seed)
+    images_dir = layout.coalition_images_dir(coalition.key, method, run_seed)
+    reuse_full = (method == RETRAIN and spec.seed == cfg.train.seed
+                  and list(coalition.members) == [c["contributor"] for c in read_contributors(layout)["contributors"]])
+    if reuse_full:
+        # retraining N with the full model's recipe and seed is θ* itself: reuse it, and its cost
+        m = read_manifest(layout.full_model_dir)
+        model = load_unet(layout.full_model_dir)
+        ckpt = StageResult(m["content_hash"], True, m.get("train_seconds", 0.0))
+    elif current_signature(ckpt_dir) == spec.checkpoint_signature:
         m = read_manifest(ckpt_dir)
         model = load_unet(ckpt_dir)
         ckpt = StageResult(m["content_hash"], True, m.get("finetune_seconds", 0.0))
     else:
-        images, _ = load_images(layout, coalition.members)
-        model = load_unet(layout.pruned_base_dir)
-        r = train_diffusion(model, images, cfg.model, steps=f.steps, batch_size=f.batch_size, lr=f.lr,
-                            seed=f.seed, ema=f.ema, ema_decay=f.ema_decay, device=pick_device(),
-                            progress=_progress(log, f"coalition {coalition.key}"),
-                            progress_every=max(f.steps, 1))
-        save_pruned_unet(r.model.cpu(), ckpt_dir, extra_manifest={
-            "inputs_signature": ckpt_sig, "finetune_seconds": r.elapsed_s, "members": list(coalition.members),
-            "base_version": base_version, "final_loss": r.final_loss})
+        r = _train_coalition_model(cfg, layout, coalition, spec, log)
+        meta = {"inputs_signature": spec.checkpoint_signature, "finetune_seconds": r.elapsed_s,
+                "members": list(coalition.members), "base_version": spec.base_version, "method": method,
+                "seed": spec.seed, "final_loss": r.final_loss}
+        if method == SFT:
+            save_pruned_unet(r.model.cpu(), ckpt_dir, extra_manifest=meta)
+        else:
+            save_unet(r.model.cpu(), ckpt_dir, meta)
+        model = r.model.cpu()
         ckpt = StageResult(read_manifest(ckpt_dir)["content_hash"], False, r.elapsed_s)
-    img = _generate_and_save(cfg, model, layout.coalition_images_dir(coalition.key),
-                             signature("images", cfg.sampling, ckpt.content_hash), log)
+    img = _generate_and_save(cfg, model, images_dir, signature("images", cfg.sampling, ckpt.content_hash), log)
     t0 = time.perf_counter()
-    utilities = _score(cfg, layout, load_image_set(layout.coalition_images_dir(coalition.key)))
+    utilities = _score(cfg, layout, load_image_set(images_dir))
     score_s = time.perf_counter() - t0
     total = ckpt.elapsed_s + img.elapsed_s + score_s
-    store.upsert("utilities", _utility_rows(coalition.key, utilities, SFT, f.seed, total, base_version,
-                                            img.metadata["n_images"]))
-    return CoalitionOutcome(coalition, ckpt, img, utilities, time.perf_counter() - start, {"score_s": score_s})
+    store.upsert("utilities", _utility_rows(coalition.key, utilities, method, spec.seed, total, spec.base_version,
+                                            img.metadata["n_images"], spec.utility_signature))
+    return CoalitionOutcome(coalition, ckpt, img, utilities, time.perf_counter() - start,
+                            {"score_s": score_s, "method": method, "seed": spec.seed, "images_dir": str(images_dir)})
+
+
+def evaluate_coalition_all_seeds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coalition: Coalition,
+                                 log: Log = _quiet, method: str | None = None) -> list[CoalitionOutcome]:
+    """Every utility a valuation by ``method`` needs for this coalition (one per seed)."""
+    method = method or cfg.valuation.method
+    return [evaluate_coalition(cfg, layout, store, coalition, log, method, s) for s in cfg.utility_seeds(method)]
 
 
 def evaluate_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,

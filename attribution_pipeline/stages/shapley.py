@@ -13,7 +13,7 @@ from attribution_pipeline.coalitions import EMPTY_KEY, coalitions_to_masks
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.layout import RunLayout, content_hash, signature
 from attribution_pipeline.stages.base import Log, _quiet, read_contributors
-from attribution_pipeline.stages.coalitions import SFT, read_plan
+from attribution_pipeline.stages.coalitions import FT, SFT, coalitions_by_key, read_plan, utility_spec
 from attribution_pipeline.storage.results import ResultStore
 
 
@@ -30,8 +30,28 @@ class ShapleyOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
+def method_utilities(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, keys: list[str],
+                     properties: list[str], method: str) -> dict[tuple[str, str], float]:
+    """{(coalition_key, property): utility} by ``method``, averaged over the method's seeds; a key
+    is present only when every seed's utility is there (and, where recorded, current)."""
+    df = store.utilities_for(keys, method=method)
+    if not len(df):
+        return {}
+    seeds = set(cfg.utility_seeds(method))
+    coalitions = coalitions_by_key(store, keys)
+    data = {c["contributor"]: c["data_hash"] for c in read_contributors(layout)["contributors"]}
+    expected = {(k, s): utility_spec(cfg, layout, coalitions[k], method, s, data).utility_signature
+                for k in keys for s in seeds}
+    by: dict[tuple[str, str], dict[int, float]] = {}
+    for r in df.iter_rows(named=True):
+        current = r.get("inputs_signature") in (None, expected.get((r["coalition_key"], r["seed"])))
+        if r["seed"] in seeds and current:
+            by.setdefault((r["coalition_key"], r["property"]), {})[r["seed"]] = r["value"]
+    return {k: float(np.mean(list(v.values()))) for k, v in by.items() if set(v) == seeds and k[1] in properties}
+
+
 def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = _quiet,
-                    method: str = SFT) -> ShapleyOutcome:
+                    method: str | None = None) -> ShapleyOutcome:
     """Estimate values per property with every applicable estimator over one shared pool.
 
     The default estimator (``cfg.valuation.estimator``, "auto") is flagged ``is_default``. For
@@ -40,6 +60,7 @@ def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, 
     """
     from attribution_pipeline.valuation import applicable_methods, estimate
 
+    method = method or cfg.valuation.method
     plan = read_plan(layout)
     current = [c["contributor"] for c in read_contributors(layout)["contributors"]]
     if current != plan.contributors:
@@ -48,19 +69,23 @@ def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, 
     full, sampled = plan.coalitions[0], plan.coalitions[1:]
     if not sampled:
         raise ValueError("the plan has no coalition besides the full one: raise the budget (--budget)")
-    keys = sorted({c.key for c in plan.coalitions} | {EMPTY_KEY})
-    df = store.utilities_for(keys, method=method)
-    df = df.filter(df["seed"] == cfg.finetune.seed) if len(df) else df
-    have = {(r["coalition_key"], r["property"]): r["value"] for r in df.iter_rows(named=True)} if len(df) else {}
+    keys = sorted({c.key for c in plan.coalitions})
     properties = list(cfg.valuation.properties)
-    missing = sorted({k for k in keys for p in properties if (k, p) not in have})
+    have = method_utilities(cfg, layout, store, keys, properties, method)
+    # v(∅) is the untrained model's, the same for every method
+    empty = store.utilities_for([EMPTY_KEY], method=SFT)
+    for r in empty.iter_rows(named=True) if len(empty) else []:
+        if r["seed"] == cfg.finetune.seed:
+            have[(EMPTY_KEY, r["property"])] = r["value"]
+    missing = sorted({k for k in [*keys, EMPTY_KEY] for p in properties if (k, p) not in have})
     if missing:
         raise MissingUtilitiesError(
             f"{len(missing)} coalition(s) have no {method} utility yet: {missing[:8]}{'…' if len(missing) > 8 else ''}; "
             "materialize their coalition partitions (or empty_coalition_utilities) first")
     masks = coalitions_to_masks([c.members for c in sampled], plan.contributors)
     n = len(plan.contributors)
-    base_version = content_hash(layout.pruned_base_dir)
+    base_version = {SFT: lambda: content_hash(layout.pruned_base_dir),
+                    FT: lambda: content_hash(layout.full_model_dir)}.get(method, lambda: None)()
     round_id = "r-" + signature(plan.content_hash, sorted(have.items()), cfg.valuation.estimator,
                                cfg.valuation.seed, method)
     exists = store.query("SELECT count(*) AS n FROM valuation_rounds WHERE round_id = ?", [round_id])["n"][0]
@@ -98,13 +123,13 @@ def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, 
                     "p_top": _f(res.p_top, j), "top_k": int(res.top_k),
                     "estimator": res.method, "value_kind": res.value_kind, "is_default": is_default,
                     "n_coalitions": int(res.n_coalitions), "v_full": float(vn), "v_empty": float(v0),
-                    "computed_at": now,
+                    "computed_at": now, "method": method,
                 })
     store.upsert("shapley_values", rows)
     store.upsert("valuation_rounds", [{
         "round_id": round_id, "computed_at": now, "contributors": plan.contributors, "budget": plan.budget,
         "n_coalitions": len(sampled), "base_version": base_version, "default_estimator": cfg.valuation.estimator,
-        "seed": cfg.valuation.seed, "versions": json.dumps(versions.snapshot()),
+        "seed": cfg.valuation.seed, "versions": json.dumps(versions.snapshot()), "method": method,
     }])
     for w in warnings:
         log(f"warning: {w}")

@@ -82,6 +82,12 @@ SCHEMA = [
     # P(contributor in the top k by value) across the bootstrap draws; added after the first release
     "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS p_top DOUBLE",
     "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS top_k INTEGER",
+    # the signature of everything a utility was computed from (config, data, base, instruments):
+    # a row whose signature differs from the current one is stale and is recomputed
+    "ALTER TABLE utilities ADD COLUMN IF NOT EXISTS inputs_signature VARCHAR",
+    # the utility method the round's values were fitted on ('sft', 'ft' or 'retrain')
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS method VARCHAR",
+    "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS method VARCHAR",
     """CREATE OR REPLACE VIEW latest_shapley_values AS
         SELECT s.* FROM shapley_values s
         WHERE s.round_id = (SELECT round_id FROM valuation_rounds ORDER BY computed_at DESC LIMIT 1)""",
