@@ -1,6 +1,7 @@
 """``attribution-pipeline``: value data contributors from the command line.
 
     attribution-pipeline run            value the embedded default (10 digit contributors)
+    attribution-pipeline evaluate       LDS and counterfactual evaluation against retraining
     attribution-pipeline show           print the latest Shapley table of a work directory
     attribution-pipeline query SQL      run SQL against the work directory's DuckDB
     attribution-pipeline ui             open the Dagster UI on the same work directory
@@ -92,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override any config field, e.g. --set train.steps=300 --set finetune.steps=50")
     run.add_argument("--quiet", action="store_true", help="print only the final table")
+    ev = sub.add_parser("evaluate", help="LDS and counterfactual evaluation of a valued work directory "
+                                         "(retrains models from scratch: slow)")
+    _add_common(ev)
+    ev.add_argument("--only", choices=["lds", "counterfactual"],
+                    help="one of the two evaluations (default: both)")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a field, e.g. --set lds.n_test=20 --set lds.n_seeds=3 "
+                         "--set counterfactual.n_random=5")
     show = sub.add_parser("show", help="print the latest Shapley table")
     _add_common(show)
     show.add_argument("--all-estimators", action="store_true", help="every estimator, not only the default")
@@ -118,6 +127,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         return run_valuation(cfg, quiet=args.quiet)
+    if args.command == "evaluate":
+        from attribution_pipeline.defs.resources import read_pipeline_config
+        from attribution_pipeline.runner import run_evaluation
+
+        try:
+            cfg = read_pipeline_config(args.workdir)
+            if args.set:
+                cfg = cfg.override(_overrides(args.set))
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        assets = {"lds": ("lds_results",), "counterfactual": ("counterfactual_results",)}.get(
+            args.only, ("lds_results", "counterfactual_results"))
+        return run_evaluation(cfg, assets)
     if args.command == "show":
         from attribution_pipeline.report import print_table
 

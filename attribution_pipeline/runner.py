@@ -152,3 +152,52 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> i
         say(f"coalition compute {compute:.1f}s, wall {t_coalitions:.1f}s: orchestration overhead {overhead:.1f}%")
     say(f"done in {total:.1f}s (base {t_base:.1f}s, coalitions {t_coalitions:.1f}s)")
     return print_table(str(layout.workdir), out=out)
+
+
+def run_evaluation(cfg: PipelineConfig, assets: tuple[str, ...] = ("lds_results", "counterfactual_results"),
+                   quiet: bool = False, out=sys.stdout) -> int:
+    """Materialize the evaluation assets of a valued work directory and print their tables."""
+    import dagster as dg
+
+    from attribution_pipeline.defs.build import build_definitions
+    from attribution_pipeline.storage.results import ResultStore
+
+    layout = RunLayout.at(cfg.workdir)
+    if not layout.database.is_file():
+        print(f"error: {layout.database} does not exist; run `attribution-pipeline run --workdir {layout.workdir}` "
+              "first", file=sys.stderr)
+        return 2
+    atomic_write_bytes(layout.config_file, cfg.to_json().encode())
+    home = prepare_dagster_home(layout.workdir)
+    instance = dg.DagsterInstance.from_config(str(home))
+    defs = build_definitions(str(layout.workdir))
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    job = defs.resolve_job_def("evaluation")
+    t0 = time.perf_counter()
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False, asset_selection=[dg.AssetKey(a) for a in assets],
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}})
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure:
+                print(f"error in {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+        return 1
+    import polars as pl
+
+    store = ResultStore(layout.database)
+    with pl.Config(tbl_rows=100, tbl_cols=12, fmt_str_lengths=40):
+        if "lds_results" in assets:
+            print(store.query(
+                "SELECT property, method, estimator, is_default, round(lds, 1) AS lds, round(lds_ci, 1) AS ci, "
+                "round(ceiling, 1) AS ceiling, n_test, n_seeds FROM lds_results "
+                "WHERE computed_at = (SELECT max(computed_at) FROM lds_results) ORDER BY property, method, estimator"),
+                file=out)
+        if "counterfactual_results" in assets:
+            print(store.query(
+                "SELECT property, scenario, ranking, avg(relative_change) * 100 AS change_pct, count(*) AS repeats, "
+                "any_value(kept) AS kept FROM counterfactual_results "
+                "WHERE computed_at = (SELECT max(computed_at) FROM counterfactual_results) "
+                "GROUP BY ALL ORDER BY property, scenario, ranking"), file=out)
+    if not quiet:
+        print(f"evaluation done in {time.perf_counter() - t0:.1f}s", file=out)
+    return 0

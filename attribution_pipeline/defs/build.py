@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from attribution_pipeline.defs import checks, coalition_assets, model_assets, valuation_assets
+from attribution_pipeline.defs import checks, coalition_assets, evaluation_assets, model_assets, valuation_assets
 from attribution_pipeline.defs.resources import PipelineResource, default_workdir
 
 ALL_ASSETS = [
@@ -16,6 +16,8 @@ ALL_ASSETS = [
     coalition_assets.empty_coalition_utilities,
     coalition_assets.full_model_utilities,
     valuation_assets.shapley_values,
+    evaluation_assets.lds_results,
+    evaluation_assets.counterfactual_results,
 ]
 
 # Everything but the coalition partitions: what must exist before coalitions can be evaluated.
@@ -36,11 +38,16 @@ shapley_job = dg.define_asset_job(
     "shapley", selection=dg.AssetSelection.assets("shapley_values"), description="Fit the Shapley table."
 )
 
+evaluation_job = dg.define_asset_job(
+    "evaluation", selection=dg.AssetSelection.assets("lds_results", "counterfactual_results"),
+    description="LDS and counterfactual evaluation of the latest Shapley values against retraining.",
+)
+
 
 def build_definitions(workdir: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=ALL_ASSETS,
         asset_checks=[checks.shapley_efficiency, checks.plan_covers_contributors, checks.utilities_are_finite],
-        jobs=[base_job, coalitions_job, shapley_job],
+        jobs=[base_job, coalitions_job, shapley_job, evaluation_job],
         resources={"pipeline": PipelineResource(workdir=workdir or default_workdir())},
     )

@@ -88,6 +88,40 @@ SCHEMA = [
     # the utility method the round's values were fitted on ('sft', 'ft' or 'retrain')
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS method VARCHAR",
     "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS method VARCHAR",
+    """CREATE TABLE IF NOT EXISTS lds_results (
+        round_id VARCHAR NOT NULL,      -- the valuation round whose values are scored
+        method VARCHAR NOT NULL,        -- utility method the values were fitted on
+        estimator VARCHAR NOT NULL,
+        is_default BOOLEAN,
+        property VARCHAR NOT NULL,
+        alpha DOUBLE NOT NULL,          -- fraction of contributors each test coalition keeps
+        n_test INTEGER NOT NULL,
+        n_seeds INTEGER NOT NULL,       -- retrain seeds per test coalition
+        test_seed INTEGER NOT NULL,     -- seed of the test-coalition draw
+        lds DOUBLE,                     -- Spearman x 100, mean over seeds
+        lds_ci DOUBLE,                  -- 1.96 * std / sqrt(seeds)
+        per_seed DOUBLE[],
+        ceiling DOUBLE,                 -- test-retest: Spearman x 100 between retrain seeds
+        test_coalitions VARCHAR[],
+        computed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (round_id, estimator, property, alpha, n_test, n_seeds, test_seed)
+    )""",
+    """CREATE TABLE IF NOT EXISTS counterfactual_results (
+        round_id VARCHAR NOT NULL,
+        property VARCHAR NOT NULL,
+        scenario VARCHAR NOT NULL,      -- 'remove_top', 'keep_top' or 'remove_random'
+        ranking VARCHAR NOT NULL,       -- 'shapley' (the round's default), 'loo' or 'random'
+        repeat INTEGER NOT NULL,        -- 0, or the index of the random draw
+        coalition_key VARCHAR NOT NULL, -- the retrained coalition
+        removed VARCHAR[] NOT NULL,
+        kept INTEGER NOT NULL,
+        v_full DOUBLE NOT NULL,         -- retrained utility of all contributors
+        v_after DOUBLE NOT NULL,
+        relative_change DOUBLE,         -- (v_after - v_full) / |v_full|
+        n_seeds INTEGER NOT NULL,
+        computed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (round_id, property, scenario, ranking, repeat)
+    )""",
     """CREATE OR REPLACE VIEW latest_shapley_values AS
         SELECT s.* FROM shapley_values s
         WHERE s.round_id = (SELECT round_id FROM valuation_rounds ORDER BY computed_at DESC LIMIT 1)""",
@@ -99,6 +133,8 @@ TABLE_KEYS = {
     "utilities": ("coalition_key", "property", "method", "seed"),
     "valuation_rounds": ("round_id",),
     "shapley_values": ("round_id", "contributor", "property", "estimator"),
+    "lds_results": ("round_id", "estimator", "property", "alpha", "n_test", "n_seeds", "test_seed"),
+    "counterfactual_results": ("round_id", "property", "scenario", "ranking", "repeat"),
 }
 
 
