@@ -52,6 +52,13 @@ def test_cli_run_show_query_and_rerun(tmp_path):
     show = _cli("show", "--workdir", str(work), cwd=tmp_path)
     assert show.returncode == 0 and "digit_5" in show.stdout
 
+    ft = _cli("run", *common, "--budget", "4", "--property", "diversity", "--method", "ft", cwd=tmp_path)
+    assert ft.returncode == 0, ft.stderr[-3000:]
+    assert "coalitions (ft): 5 to evaluate" in ft.stdout
+    q = _cli("query", "--workdir", str(work), "SELECT string_agg(DISTINCT method, ',' ORDER BY method) AS m "
+             "FROM utilities WHERE coalition_key <> 'empty'", cwd=tmp_path)
+    assert "ft,full_model,sft" in q.stdout
+
 
 def test_cli_reports_bad_input_and_bad_options(tmp_path):
     contributors = write_digit_contributors(tmp_path / "c", classes=(1,), per_class=4)
@@ -63,4 +70,8 @@ def test_cli_reports_bad_input_and_bad_options(tmp_path):
     r = _cli("run", "--workdir", str(tmp_path / "w"), "--set", "train.nope=1", cwd=tmp_path)
     assert r.returncode == 2 and "unknown key" in r.stderr
     r = _cli("show", "--workdir", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = _cli("run", "--workdir", str(tmp_path / "w"), "--method", "distill", cwd=tmp_path)
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    r = _cli("evaluate", "--workdir", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert r.returncode == 2 and "does not exist" in r.stderr
