@@ -80,13 +80,16 @@ def test_webserver_loads_location_and_materializes_a_coalition_partition(valued_
 
         nodes = {"/".join(n["assetKey"]["path"]): n for n in _graphql(port, ASSETS_Q)["data"]["assetNodes"]}
         assert {"contributors", "full_model", "pruned_base_model", "coalition_plan", "coalition_checkpoint",
-                "coalition_images", "coalition_utilities", "empty_coalition_utilities", "shapley_values"} <= set(nodes)
+                "coalition_images", "coalition_utilities", "empty_coalition_utilities", "shapley_values",
+                "lds_results", "counterfactual_results"} <= set(nodes)
         assert nodes["coalition_utilities"]["partitionDefinition"]["name"] == "coalitions"
         assert ["pruned_base_model"] in [d["path"] for d in nodes["coalition_checkpoint"]["dependencyKeys"]]
 
         params = {"selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__",
                                "jobName": "coalitions"},
-                  "runConfigData": {}, "executionMetadata": {"tags": [{"key": "dagster/partition", "value": key}]}}
+                  # the launchpad config that picks the utility method (here: fine-tune the full model)
+                  "runConfigData": {"ops": {"coalition_outcomes": {"config": {"method": "ft"}}}},
+                  "executionMetadata": {"tags": [{"key": "dagster/partition", "value": key}]}}
         launched = _graphql(port, LAUNCH_M, {"p": params})["data"]["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
         run_id = launched["run"]["runId"]
@@ -97,7 +100,7 @@ def test_webserver_loads_location_and_materializes_a_coalition_partition(valued_
                 break
             time.sleep(2)
         assert run_status == "SUCCESS"
-        rows = store.query("SELECT property FROM utilities WHERE coalition_key = ?", [key])
+        rows = store.query("SELECT property FROM utilities WHERE coalition_key = ? AND method = 'ft'", [key])
         assert set(rows["property"]) == {"quality", "diversity"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
