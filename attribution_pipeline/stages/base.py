@@ -18,25 +18,15 @@ import torch
 
 from attribution_pipeline import versions
 from attribution_pipeline.config import PipelineConfig
-from attribution_pipeline.data.contributors import (
-    discover_contributors,
-    load_contributor_images,
-    to_model_range,
-)
+from attribution_pipeline.data.contributors import to_model_range
+from attribution_pipeline.data.sources import discover_source, load_source_images
 from attribution_pipeline.layout import (
     RunLayout,
     content_hash,
     current_signature,
     signature,
 )
-from attribution_pipeline.models.train import train_diffusion
-from attribution_pipeline.models.unet import (
-    build_unet,
-    load_unet,
-    noise_scheduler,
-    pick_device,
-    save_unet,
-)
+from attribution_pipeline.models.backends import get_backend
 from attribution_pipeline.storage.artifacts import atomic_write_json, read_manifest
 
 Log = Callable[[str], None]
@@ -61,9 +51,15 @@ def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _qui
     """Validate the contributors directory and cache each contributor's images at model resolution.
 
     Returns the data manifest ``{"contributors": [{contributor, n_images, data_hash, ...}], ...}``.
-    Raises ContributorValidationError before anything is written when the directory is bad.
+    Raises MissingInputError (a configured local file or folder is missing) or
+    ContributorValidationError before anything is written when the data is bad. Latent model
+    families also cache each contributor's latents here (``models/latents.py``); their hash joins
+    the manifest's ``content_hash``.
     """
-    found = discover_contributors(cfg.contributors_path)
+    from attribution_pipeline.inputs import check_local_inputs
+
+    check_local_inputs(cfg)
+    found = discover_source(cfg)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = layout.data_dir / "manifest.json"
     old = {}
@@ -83,16 +79,15 @@ def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _qui
         prev = old.get(c.contributor)
         if not (prev and prev["data_hash"] == c.data_hash and prev.get("resolution") == list(res)
                 and layout.contributor_array(c.contributor).is_file()):
-            arr = load_contributor_images(c, cfg.model.sample_size, cfg.model.channels)
+            arr = load_source_images(c, cfg.model.sample_size, cfg.model.channels)
             tmp = layout.contributor_array(c.contributor).with_suffix(".tmp.npy")
             np.save(tmp, arr)
             tmp.replace(layout.contributor_array(c.contributor))
             log(f"cached {c.n_images} images of contributor {c.contributor}")
         entries.append(entry)
-    manifest = {
-        "contributors": entries,
-        "content_hash": signature([(e["contributor"], e["data_hash"]) for e in entries], list(res)),
-    }
+    latents = get_backend(cfg).prepare_data(layout, entries, log)
+    parts = [[(e["contributor"], e["data_hash"]) for e in entries], list(res)] + ([latents] if latents else [])
+    manifest = {"contributors": entries, "content_hash": signature(*parts)}
     atomic_write_json(manifest_path, manifest)
     return manifest
 
@@ -136,18 +131,19 @@ def train_full_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) 
     if current_signature(layout.full_model_dir) == sig:
         m = read_manifest(layout.full_model_dir)
         return StageResult(m["content_hash"], True, 0.0, {"n_parameters": m["n_parameters"]})
-    device = pick_device()
-    images, _ = load_images(layout, contributor_ids(layout))
-    model = build_unet(cfg.model, seed=cfg.train.seed)
+    backend = get_backend(cfg)
+    data = backend.training_data(layout, contributor_ids(layout))
+    model = backend.build(seed=cfg.train.seed)
     t = cfg.train
-    result = train_diffusion(
-        model, images, cfg.model, steps=t.steps, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
+    result = backend.train(
+        model, data, steps=t.steps, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
         warmup_steps=t.warmup_steps, ema="reset", ema_decay=t.ema_decay,
-        progress=_progress(log, "full model"), device=device,
+        progress=_progress(log, "full model"),
     )
     meta = {"inputs_signature": sig, "first_loss": result.first_loss, "final_loss": result.final_loss,
-            "train_seconds": result.elapsed_s, "steps": t.steps, "device": str(device), **versions.snapshot()}
-    manifest = save_unet(result.model.cpu(), layout.full_model_dir, meta)
+            "train_seconds": result.elapsed_s, "steps": t.steps, "device": str(backend.device),
+            "precision": backend.precision, **versions.snapshot()}
+    manifest = backend.save(result.model, layout.full_model_dir, meta)
     return StageResult(manifest["content_hash"], False, result.elapsed_s,
                        {"n_parameters": manifest["n_parameters"], "first_loss": result.first_loss,
                         "final_loss": result.final_loss})
@@ -155,8 +151,6 @@ def train_full_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) 
 
 def prune_base_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> StageResult:
     """Steps 2-3: prune θ* structurally, then fine-tune the pruned model on all data: θ̃*."""
-    from attribution_pipeline.models.pruning import prune_unet, save_pruned_unet
-
     data = read_contributors(layout)
     full_hash = content_hash(layout.full_model_dir)
     sig = signature("pruned_base", cfg.prune, cfg.model, full_hash, data["content_hash"])
@@ -164,38 +158,36 @@ def prune_base_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) 
         m = read_manifest(layout.pruned_base_dir)
         return StageResult(m["content_hash"], True, 0.0, {k: m.get(k) for k in ("params_before", "params_after", "macs_before", "macs_after")})
     start = time.perf_counter()
-    device = pick_device()
-    images, _ = load_images(layout, contributor_ids(layout))
-    model = load_unet(layout.full_model_dir)
+    backend = get_backend(cfg)
+    train_data = backend.training_data(layout, contributor_ids(layout))
     p = cfg.prune
-    gen = torch.Generator().manual_seed(p.seed)
-    calib = images[torch.randperm(len(images), generator=gen)[:256]]
-    report = prune_unet(model, ratio=p.ratio, importance=p.importance, calibration_images=calib, seed=p.seed,
-                        noise_scheduler=noise_scheduler(cfg.model))
+    model, report = backend.prune(backend.load(layout.full_model_dir), train_data, p)
     log(f"pruned: {report.params_before:,} -> {report.params_after:,} parameters")
-    result = train_diffusion(
-        model, images, cfg.model, steps=p.finetune_steps, batch_size=p.batch_size, lr=p.finetune_lr,
+    result = backend.train(
+        model, train_data, steps=p.finetune_steps, batch_size=p.batch_size, lr=p.finetune_lr,
         seed=p.seed, ema="reset", ema_decay=p.ema_decay, progress=_progress(log, "pruned base fine-tune"),
-        device=device,
     )
     elapsed = time.perf_counter() - start
     meta = {"inputs_signature": sig, "params_before": report.params_before, "params_after": report.params_after,
             "macs_before": report.macs_before, "macs_after": report.macs_after, "ratio": p.ratio,
             "importance": p.importance, "finetune_seconds": result.elapsed_s, "final_loss": result.final_loss,
             **versions.snapshot()}
-    save_pruned_unet(result.model.cpu(), layout.pruned_base_dir, report=report, extra_manifest=meta)
-    m = read_manifest(layout.pruned_base_dir)
+    m = backend.save(result.model, layout.pruned_base_dir, meta, pruned=True, report=report)
     return StageResult(m["content_hash"], False, elapsed, {k: meta[k] for k in ("params_before", "params_after", "macs_before", "macs_after", "final_loss")})
 
 
 # ---- property reference ---------------------------------------------------------------------
 def build_property_reference(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> StageResult:
-    """Train the reference classifier (labels = contributors) and the real images' FID statistics."""
+    """Train the reference classifier (labels = contributors) and the real images' FID statistics;
+    with ``diversity_entropy`` among the properties, also cluster its reference image set."""
     from attribution_pipeline.properties.classifier import train_classifier
     from attribution_pipeline.properties.registry import build_reference
 
     data = read_contributors(layout)
-    sig = signature("reference", cfg.classifier, data["content_hash"])
+    clusters = "diversity_entropy" in cfg.valuation.properties
+    p = cfg.properties
+    extra = [(p.vision_encoder, p.diversity_reference_dir, p.n_clusters)] if clusters else []
+    sig = signature("reference", cfg.classifier, data["content_hash"], *extra)
     folder = layout.reference_dir
     if current_signature(folder) == sig:
         m = read_manifest(folder)
@@ -213,14 +205,26 @@ def build_property_reference(cfg: PipelineConfig, layout: RunLayout, log: Log = 
     with atomic_folder(folder, {"kind": "property_reference", "inputs_signature": sig,
                                 "holdout_accuracy": accuracy, "classes": ids, **versions.snapshot()}) as tmp:
         build_reference(classifier, images, tmp, inception_weights=c.inception_weights)
+        if clusters:
+            from attribution_pipeline.properties.embedding_diversity import build_diversity_clusters
+
+            info = build_diversity_clusters(p, tmp, str(_device(cfg)))
+            log(f"diversity reference: {info['n_reference']} images in {info['n_clusters']} Ward clusters")
     m = read_manifest(folder)
     return StageResult(m["content_hash"], False, time.perf_counter() - start, {"holdout_accuracy": accuracy})
+
+
+def _device(cfg: PipelineConfig):
+    from attribution_pipeline.models.hardware import run_device
+
+    return run_device(cfg)
 
 
 def _property_context(cfg: PipelineConfig, layout: RunLayout):
     from attribution_pipeline.properties.registry import PropertyContext
 
-    return PropertyContext.load(layout.reference_dir, inception_weights=cfg.classifier.inception_weights)
+    return PropertyContext.load(layout.reference_dir, inception_weights=cfg.classifier.inception_weights,
+                                settings=cfg.properties, device=str(_device(cfg)))
 
 
 def _score(cfg: PipelineConfig, layout: RunLayout, images: torch.Tensor) -> dict[str, float]:
