@@ -71,7 +71,7 @@ def _data_problems(cfg: PipelineConfig) -> list[str]:
         what = {"folders": "one sub-folder of images per contributor",
                 "labels_file": "the image folder the labels file refers to",
                 "filename_prefix": "an image folder of <contributor>_<rest> files"}[d.source]
-        out = [f"{root}: missing; expected {what} (config field contributors_dir)"]
+        out = [f"{root}: missing; expected {what} (config field contributors_dir, or --contributors DIR)"]
     else:
         out = []
     if d.source == "labels_file" and (not d.labels_file or not Path(d.labels_file).is_file()):

@@ -157,9 +157,10 @@ def test_a_preset_runs_from_the_command_line_through_dagster(tmp_path, model_zoo
     for key, value in sets.items():
         argv += ["--set", f"{key}={value}"]
     assert main(argv) == 0, capsys.readouterr().err
-    assert "claude-monet" in capsys.readouterr().out
     store = ResultStore(RunLayout.at(tmp_path / "work").database)
     assert set(store.query("SELECT DISTINCT property FROM utilities")["property"]) == {"aesthetic"}
+    shap = store.query("SELECT contributor FROM latest_shapley_values WHERE is_default")
+    assert sorted(shap["contributor"]) == artists
 
 
 def test_a_preset_without_its_downloads_stops_before_writing_anything(tmp_path, monkeypatch, capsys):
