@@ -14,10 +14,9 @@ from attribution_pipeline.models.backends import Data, get_backend
 from attribution_pipeline.models.latents import latents_dir
 from attribution_pipeline.models.sd_lora import ADAPTER, choose_kept_ranks, lora_layers
 from attribution_pipeline.stages import prepare_contributors
-from attribution_pipeline_tests.tiny_models import (  # noqa: F401  (model_zoo is a fixture)
+from attribution_pipeline_tests.tiny_models import (
     PALETTE,
     colour_images,
-    model_zoo,
     write_image_folder,
 )
 

@@ -25,10 +25,9 @@ from attribution_pipeline.stages import (
 )
 from attribution_pipeline.storage.artifacts import read_manifest
 from attribution_pipeline.storage.results import ResultStore
-from attribution_pipeline_tests.tiny_models import (  # noqa: F401  (model_zoo is a fixture)
+from attribution_pipeline_tests.tiny_models import (
     PALETTE,
     colour_images,
-    model_zoo,
     write_fake_cifar100,
     write_image_folder,
 )

@@ -25,9 +25,8 @@ from attribution_pipeline.properties.inception import inception_score_from_probs
 from attribution_pipeline.properties.quality import InceptionFeatures, ReferenceStats
 from attribution_pipeline.properties.registry import PropertyContext, get_property, score_properties
 from attribution_pipeline.properties.vision import l2_normalise, load_vision_encoder
-from attribution_pipeline_tests.tiny_models import (  # noqa: F401  (model_zoo is a fixture)
+from attribution_pipeline_tests.tiny_models import (
     colour_images,
-    model_zoo,
     write_aesthetic_head,
     write_image_folder,
 )

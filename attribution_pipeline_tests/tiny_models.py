@@ -9,7 +9,6 @@ CPU core, not to be good models.
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
@@ -179,8 +178,3 @@ def model_zoo(tmp_path_factory) -> dict[str, Path]:
         "inception": write_stand_in_inception(root / "inception" / "inception-2015-12-05.pt"),
         "aesthetic_head": write_aesthetic_head(root / "aesthetic" / "head.pth", torch.ones(8) / 8 ** 0.5, 5.0),
     }
-
-
-def json_dump(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj))
-    return path

@@ -149,7 +149,7 @@ def main() -> int:
          f"{s.n_images / gen_s:.1f} images/s"),
         ("coalition", "fine-tune + generate", f"{total:.1f}",
          f"{total / TARGET_S:.2f} x the {TARGET_S:.0f} s target" + (" (met)" if total <= TARGET_S else " (missed)")),
-        ("one-off", f"pruning; warm-up of training and generation", f"{prune_s:.1f}; {warm_train_s:.1f} + {warm_gen_s:.1f}", ""),
+        ("one-off", "pruning; warm-up of training and generation", f"{prune_s:.1f}; {warm_train_s:.1f} + {warm_gen_s:.1f}", ""),
     ]
     header = ["stage", "work", "seconds", "rate"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
