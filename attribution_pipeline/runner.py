@@ -116,8 +116,11 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> i
 
     say("[1/3] contributors, property reference, full model, pruned base, coalition plan")
     t0 = time.perf_counter()
-    if not execute("valuation_base", run_config={**log_cfg, "ops": {"coalition_plan": {"config": {
-            "budget": cfg.valuation.budget, "seed": cfg.valuation.seed}}}}):
+    # the snapshot validated above is what this round values: a folder that appears meanwhile waits
+    snapshot = {c.contributor: c.data_hash for c in found}
+    if not execute("valuation_base", run_config={**log_cfg, "ops": {
+            "contributors": {"config": {"snapshot": snapshot}},
+            "coalition_plan": {"config": {"budget": cfg.valuation.budget, "seed": cfg.valuation.seed}}}}):
         return 1
     t_base = time.perf_counter() - t0
 
@@ -126,6 +129,13 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> i
     runs = partition_runs(missing, ordered, max(1, cfg.valuation.coalitions_per_run))
     say(f"[2/3] coalitions ({cfg.valuation.method}): {len(missing)} to evaluate in {len(runs)} run(s), "
         f"{len(set(ordered)) - len(missing)} already known")
+    if missing:
+        from attribution_pipeline.stages import coalitions_by_key
+        from attribution_pipeline.stages.revaluation import split_work
+        from attribution_pipeline.storage.results import ResultStore
+
+        work = split_work(cfg, layout, list(coalitions_by_key(ResultStore(layout.database), missing).values()))
+        say(f"  {len(work.train)} to train, {len(work.rescore)} only to re-score (policy {cfg.revaluation.policy})")
     t0 = time.perf_counter()
     for i, (first, last, count) in enumerate(runs, 1):
         say(f"  run {i}/{len(runs)}: {count} coalition(s) {first} .. {last}")

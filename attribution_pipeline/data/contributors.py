@@ -229,6 +229,15 @@ def scan_contributors(root: str | Path, check_images: bool = True,
     return ContributorScan(root, accepted, rejected)
 
 
+def shared_image_hashes(contributors: Iterable[Contributor]) -> set[str]:
+    """SHA-256 of every image file that more than one contributor submitted."""
+    owners: dict[str, set[str]] = defaultdict(set)
+    for c in contributors:
+        for digest in c.file_hashes:
+            owners[digest].add(c.contributor)
+    return {d for d, ids in owners.items() if len(ids) > 1}
+
+
 def duplicate_images(contributors: Iterable[Contributor]) -> dict[str, dict[str, int]]:
     """{contributor: {other: number of byte-identical images both submitted}}."""
     owners: dict[str, set[str]] = defaultdict(set)

@@ -19,8 +19,13 @@ import torch
 from attribution_pipeline import versions
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.data.contributors import (
+    MIN_CONTRIBUTORS,
+    ContributorValidationError,
     discover_contributors,
+    duplicate_images,
     load_contributor_images,
+    scan_contributors,
+    shared_image_hashes,
     to_model_range,
 )
 from attribution_pipeline.layout import (
@@ -57,13 +62,19 @@ class StageResult:
 
 
 # ---- contributors ---------------------------------------------------------------------------
-def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> dict:
+def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet,
+                         snapshot: dict[str, str] | None = None) -> dict:
     """Validate the contributors directory and cache each contributor's images at model resolution.
 
     Returns the data manifest ``{"contributors": [{contributor, n_images, data_hash, ...}], ...}``.
     Raises ContributorValidationError before anything is written when the directory is bad.
+
+    snapshot: {contributor: data_hash} validated earlier (by the CLI or the sensor). Only those
+    folders are valued, and each must still hash the same: a folder that appears, or changes, while
+    a run reads the directory joins the next round, never this one half-copied.
     """
-    found = discover_contributors(cfg.contributors_path)
+    found = _validated(cfg, snapshot)
+    duplicates, shared = duplicate_images(found), shared_image_hashes(found)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = layout.data_dir / "manifest.json"
     old = {}
@@ -79,7 +90,12 @@ def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _qui
             "n_skipped_files": len(c.skipped),
             "path": str(c.path),
             "resolution": list(res),
+            "duplicates_with": duplicates.get(c.contributor, {}),
+            "n_duplicate_images": sum(h in shared for h in c.file_hashes),
         }
+        if entry["duplicates_with"]:
+            log(f"contributor {c.contributor} shares byte-identical images with {entry['duplicates_with']} "
+                "(kept in each; flagged in the contributors table)")
         prev = old.get(c.contributor)
         if not (prev and prev["data_hash"] == c.data_hash and prev.get("resolution") == list(res)
                 and layout.contributor_array(c.contributor).is_file()):
@@ -95,6 +111,22 @@ def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _qui
     }
     atomic_write_json(manifest_path, manifest)
     return manifest
+
+
+def _validated(cfg: PipelineConfig, snapshot: dict[str, str] | None):
+    if snapshot is None:
+        return discover_contributors(cfg.contributors_path)
+    scan = scan_contributors(cfg.contributors_path, only=snapshot)
+    problems = [p for ps in scan.rejected.values() for p in ps]
+    problems += [f"{c.path}: contributor {c.contributor!r} changed since it was validated (data hash "
+                 f"{snapshot[c.contributor]} -> {c.data_hash}); the next round values its new content"
+                 for c in scan.accepted if c.data_hash != snapshot[c.contributor]]
+    if not problems and len(scan.accepted) < MIN_CONTRIBUTORS:
+        problems.append(f"{scan.root}: {len(scan.accepted)} contributor(s) registered; a valuation needs at "
+                        f"least {MIN_CONTRIBUTORS}")
+    if problems:
+        raise ContributorValidationError(scan.root, problems)
+    return scan.accepted
 
 
 def read_contributors(layout: RunLayout) -> dict:
@@ -131,11 +163,20 @@ def _progress(log: Log, what: str):
 
 def train_full_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> StageResult:
     """Step 1: train θ* on every contributor's images."""
+    from attribution_pipeline.stages.revaluation import base_decision, data_versions, full_model_signature
+
     data = read_contributors(layout)
-    sig = signature("full_model", cfg.model, cfg.train, data["content_hash"])
+    decision = base_decision(cfg, layout, data)
+    sig = full_model_signature(cfg, decision.data_hash)
     if current_signature(layout.full_model_dir) == sig:
         m = read_manifest(layout.full_model_dir)
-        return StageResult(m["content_hash"], True, 0.0, {"n_parameters": m["n_parameters"]})
+        if decision.data_hash != data["content_hash"]:
+            log(f"incremental: {decision.reason}; it predates {decision.new + decision.changed or 'no one'}")
+        return StageResult(m["content_hash"], True, 0.0, {"n_parameters": m["n_parameters"],
+                                                          "revaluation": decision.reason})
+    if decision.policy == "incremental":
+        log(f"incremental: {decision.reason}")
+    sig = full_model_signature(cfg, data["content_hash"])
     device = pick_device()
     images, _ = load_images(layout, contributor_ids(layout))
     model = build_unet(cfg.model, seed=cfg.train.seed)
@@ -146,7 +187,8 @@ def train_full_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) 
         progress=_progress(log, "full model"), device=device,
     )
     meta = {"inputs_signature": sig, "first_loss": result.first_loss, "final_loss": result.final_loss,
-            "train_seconds": result.elapsed_s, "steps": t.steps, "device": str(device), **versions.snapshot()}
+            "train_seconds": result.elapsed_s, "steps": t.steps, "device": str(device),
+            "trained_on": data_versions(data), "data_content_hash": data["content_hash"], **versions.snapshot()}
     manifest = save_unet(result.model.cpu(), layout.full_model_dir, meta)
     return StageResult(manifest["content_hash"], False, result.elapsed_s,
                        {"n_parameters": manifest["n_parameters"], "first_loss": result.first_loss,
@@ -157,12 +199,17 @@ def prune_base_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) 
     """Steps 2-3: prune θ* structurally, then fine-tune the pruned model on all data: θ̃*."""
     from attribution_pipeline.models.pruning import prune_unet, save_pruned_unet
 
+    from attribution_pipeline.stages.revaluation import base_decision, data_versions
+
     data = read_contributors(layout)
     full_hash = content_hash(layout.full_model_dir)
-    sig = signature("pruned_base", cfg.prune, cfg.model, full_hash, data["content_hash"])
+    decision = base_decision(cfg, layout, data)
+    sig = signature("pruned_base", cfg.prune, cfg.model, full_hash, decision.data_hash)
     if current_signature(layout.pruned_base_dir) == sig:
         m = read_manifest(layout.pruned_base_dir)
         return StageResult(m["content_hash"], True, 0.0, {k: m.get(k) for k in ("params_before", "params_after", "macs_before", "macs_after")})
+    # rebuilt: fine-tuned on the current data, so signed with it (under either policy)
+    sig = signature("pruned_base", cfg.prune, cfg.model, full_hash, data["content_hash"])
     start = time.perf_counter()
     device = pick_device()
     images, _ = load_images(layout, contributor_ids(layout))
@@ -182,7 +229,7 @@ def prune_base_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) 
     meta = {"inputs_signature": sig, "params_before": report.params_before, "params_after": report.params_after,
             "macs_before": report.macs_before, "macs_after": report.macs_after, "ratio": p.ratio,
             "importance": p.importance, "finetune_seconds": result.elapsed_s, "final_loss": result.final_loss,
-            **versions.snapshot()}
+            "trained_on": data_versions(data), "data_content_hash": data["content_hash"], **versions.snapshot()}
     save_pruned_unet(result.model.cpu(), layout.pruned_base_dir, report=report, extra_manifest=meta)
     m = read_manifest(layout.pruned_base_dir)
     return StageResult(m["content_hash"], False, elapsed, {k: meta[k] for k in ("params_before", "params_after", "macs_before", "macs_after", "final_loss")})
