@@ -66,8 +66,24 @@ def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) ->
     return runs
 
 
-def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> int:
-    """Value the contributors of ``cfg``; print the table; return a process exit code."""
+def _lenient_scan(cfg: PipelineConfig, out) -> list:
+    from attribution_pipeline.data.contributors import MIN_CONTRIBUTORS, scan_contributors
+
+    scan = scan_contributors(cfg.contributors_path)
+    for name, problems in scan.rejected.items():
+        print(f"warning: contributor folder {name!r} left out of this round: " + "; ".join(problems), file=out)
+    if len(scan.accepted) < MIN_CONTRIBUTORS:
+        raise ContributorValidationError(scan.root, [f"{scan.root}: {len(scan.accepted)} valid contributor(s); "
+                                                     f"a valuation needs at least {MIN_CONTRIBUTORS}"])
+    return scan.accepted
+
+
+def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, lenient: bool = False) -> int:
+    """Value the contributors of ``cfg``; print the table; return a process exit code.
+
+    lenient: value the folders that validate and leave out the others, with their reasons (the
+    scheduled re-valuation); by default any bad folder stops the run before anything is written.
+    """
     import dagster as dg
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
@@ -81,7 +97,7 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> i
 
     t_start = time.perf_counter()
     try:  # validate before anything is written
-        found = discover_contributors(cfg.contributors_path)
+        found = _lenient_scan(cfg, out) if lenient else discover_contributors(cfg.contributors_path)
     except ContributorValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -43,3 +43,6 @@ def utilities_are_finite(pipeline: PipelineResource) -> dg.AssetCheckResult:
     df = pipeline.store().query("SELECT coalition_key, property, value FROM utilities")
     bad = [f"{r['coalition_key']}/{r['property']}" for r in df.iter_rows(named=True) if not math.isfinite(r["value"])]
     return dg.AssetCheckResult(passed=not bad, metadata={"rows": len(df), "non_finite": ", ".join(bad[:20]) or "none"})
+
+
+ALL_CHECKS = [shapley_efficiency, plan_covers_contributors, utilities_are_finite]

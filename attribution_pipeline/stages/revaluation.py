@@ -261,8 +261,61 @@ def round_lineage(cfg: PipelineConfig, layout: RunLayout, contributors: Sequence
             "base_predates": predates(lineage, contributors, data)}
 
 
+# ---- the next step of a round (what the contributors sensor requests) ----------------------------
+@dataclass
+class Step:
+    """What a round needs next: ``base`` (register the snapshot, base, plan), ``coalitions`` (``keys``),
+    ``shapley`` (a new round, ``round_id``), ``idle`` (up to date) or ``wait`` (nothing can run)."""
+
+    kind: str
+    reason: str
+    keys: list[str] = field(default_factory=list)
+    round_id: str | None = None
+
+
+def next_step(cfg: PipelineConfig, layout: RunLayout, store, accepted: dict[str, str],
+              rejected: Iterable[str] = ()) -> Step:
+    """Compare the valid contributors (``accepted``: {id: data_hash}) with the work directory.
+
+    rejected: ids of folders that failed validation. A registered contributor whose folder became
+    invalid pauses the round (``wait``) instead of being dropped: fix the folder, or remove it.
+    """
+    from attribution_pipeline.data.contributors import MIN_CONTRIBUTORS
+    from attribution_pipeline.layout import content_hash
+    from attribution_pipeline.stages.base import read_contributors
+    from attribution_pipeline.stages.coalitions import read_plan
+    from attribution_pipeline.stages.shapley import gather_pool
+
+    if len(accepted) < MIN_CONTRIBUTORS:
+        return Step("wait", f"{len(accepted)} valid contributor(s); a valuation needs {MIN_CONTRIBUTORS}")
+    manifest_path = layout.data_dir / "manifest.json"
+    data = data_versions(read_contributors(layout)) if manifest_path.is_file() else {}
+    broken = sorted(set(rejected) & set(data))
+    if broken:
+        return Step("wait", f"registered contributor(s) {broken} now fail validation: fix or remove their folders")
+    if data != accepted:
+        new = sorted(set(accepted) - set(data))
+        gone = sorted(set(data) - set(accepted))
+        changed = sorted(c for c in accepted if c in data and data[c] != accepted[c])
+        return Step("base", f"contributors changed: new {new or '-'}, changed {changed or '-'}, removed {gone or '-'}")
+    plan_path = layout.workdir / "plan.json"
+    plan = read_plan(layout) if plan_path.is_file() else None
+    base = content_hash(layout.pruned_base_dir) if is_complete(layout.pruned_base_dir) else None
+    if plan is None or plan.contributors != list(data) or base is None or plan.base_version != base:
+        return Step("base", "the base or the coalition plan is not up to date with the registered contributors")
+    pool = gather_pool(cfg, layout, store)
+    if EMPTY_KEY in pool.missing:
+        return Step("base", "v(∅) has no current utility")
+    if pool.missing:
+        return Step("coalitions", f"{len(pool.missing)} planned coalition(s) lack a current utility", pool.missing)
+    have = store.query("SELECT count(*) AS n FROM valuation_rounds WHERE round_id = ?", [pool.round_id])["n"][0]
+    if have:
+        return Step("idle", f"round {pool.round_id} is up to date", round_id=pool.round_id)
+    return Step("shapley", "every planned coalition has its utility: fit the round", round_id=pool.round_id)
+
+
 __all__ = [
     "REBASE", "INCREMENTAL", "EMPTY_KEY", "BaseDecision", "CoalitionWork", "base_decision", "base_lineage",
     "coalition_key", "data_versions", "extend_pool", "full_model_signature", "members_base_predates",
-    "plan_incremental", "predates", "round_lineage", "split_work",
+    "next_step", "plan_incremental", "predates", "register_contributors", "round_lineage", "split_work", "Step",
 ]
