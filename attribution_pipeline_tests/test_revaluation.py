@@ -143,3 +143,33 @@ def test_incremental_then_changed_then_removed_then_rebase(tiny_config, tmp_path
     assert store.query("SELECT count(DISTINCT round_id) AS n FROM shapley_values")["n"][0] == 5
     assert json.loads((layout.full_model_dir / "manifest.json").read_text())["trained_on"].keys() == {
         "digit_0", "digit_1", "digit_4"}
+
+
+def test_a_changed_contributor_makes_the_base_and_the_coalitions_unsynced_in_the_ui(tiny_config):
+    """The UI's "unsynced": data versions. Changing one file changes the contributors' data version,
+    so the full model, the pruned base and the coalition partitions built on the old one are stale."""
+    import dagster as dg
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from attribution_pipeline.defs.build import build_definitions
+
+    cfg = tiny_config.override({"valuation": {"budget": 6}})
+    assert run_valuation(cfg, quiet=True) == 0
+    layout = RunLayout.at(cfg.workdir)
+    instance = dg.DagsterInstance.from_config(str(layout.dagster_home))
+    defs = build_definitions(str(layout.workdir))
+    key = read_plan(layout).coalitions[1].key
+
+    def status(asset, partition=None):
+        return get_stale_status_resolver(instance, list(defs.assets)).get_status(dg.AssetKey(asset), partition)
+
+    assert status("full_model") == StaleStatus.FRESH
+    assert status("coalition_checkpoint", key) == StaleStatus.FRESH
+    folder = layout.workdir.parent / "contributors" / "digit_1"
+    Image.new("L", (8, 8), 255).save(sorted(folder.iterdir())[0])
+    job = defs.resolve_job_def("valuation_base")
+    assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("contributors")]).success
+    for asset in ("full_model", "pruned_base_model", "property_reference", "coalition_plan"):
+        assert status(asset) == StaleStatus.STALE, asset
+    assert status("coalition_checkpoint", key) == StaleStatus.STALE
