@@ -5,7 +5,8 @@ Each tick (every ``revaluation.sensor_interval_s`` seconds):
 1. looks at the contributors directory (``data/watch.py``): a folder unchanged for
    ``revaluation.settle_seconds`` is validated once; a bad one is logged and left out (never a
    partial contributor), and reconsidered when its folder changes;
-2. unless a run it launched is still in flight, requests the next step of the round
+2. unless a run of the round's jobs is in flight (launched by it, the UI or the CLI; a run unfinished
+   after 6 h is presumed dead), requests the next step of the round
    (``stages.revaluation.next_step``), one of:
    - ``valuation_base`` with the validated snapshot as run config (contributors → instruments →
      full model → pruned base → plan: retrained or kept by ``revaluation.policy``);
@@ -26,6 +27,7 @@ turn it off with the toggle in the UI (Automation → contributors_sensor) or, f
 with ``revaluation.sensor = false`` in its configuration (``--set revaluation.sensor=false``).
 """
 
+import datetime
 import json
 import time
 
@@ -49,9 +51,19 @@ def _attempts(instance: dg.DagsterInstance, request: str) -> tuple[int, int]:
     return len(runs), sum(r.status in NOT_FINISHED_STATUSES for r in runs)
 
 
+ROUND_JOBS = ("valuation_base", "coalitions", "shapley", "scheduled_revaluation")
+# A run still unfinished this long after its creation is presumed dead (a killed `attribution-pipeline
+# run` leaves its in-process runs STARTED for ever) and no longer holds the sensor back.
+IN_FLIGHT_HORIZON_S = 6 * 3600
+
+
 def _in_flight(instance: dg.DagsterInstance) -> list[str]:
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={LAUNCHED_BY_TAG: SENSOR_NAME}, statuses=NOT_FINISHED_STATUSES))
-    runs += instance.get_runs(filters=dg.RunsFilter(job_name="scheduled_revaluation", statuses=NOT_FINISHED_STATUSES))
+    """Unfinished runs of the round's jobs (launched by the sensor, the UI or the CLI)."""
+    since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=IN_FLIGHT_HORIZON_S)
+    runs = []
+    for job in ROUND_JOBS:
+        runs += instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=NOT_FINISHED_STATUSES,
+                                                        created_after=since))
     return [f"{r.job_name} {r.run_id[:8]}" for r in runs]
 
 
