@@ -19,9 +19,39 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / "data"
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Unconditional diffusers ``UNet2DModel`` and its DDPM noise schedule."""
+MODEL_FAMILIES = ("ddpm", "ldm", "sd_lora")
+AUTOENCODER_KINDS = ("vq", "kl")
+
+
+def _added(default: Any) -> Any:
+    """A field added after the first release: see ``_StableRepr``."""
+    return field(default=default, metadata={"added": True})
+
+
+class _StableRepr:
+    """``repr`` that leaves out fields added after the first release while they hold their default.
+
+    Artifact signatures hash a config's repr (``layout.signature``); this keeps the signatures of
+    runs made before those fields existed, so their cached models stay valid.
+    """
+
+    def __repr__(self) -> str:
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                 if not (f.metadata.get("added") and getattr(self, f.name) == f.default)]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+@dataclass(frozen=True, repr=False)
+class ModelConfig(_StableRepr):
+    """The diffusion model: its family, its diffusers ``UNet2DModel`` and its DDPM noise schedule.
+
+    ``family``: "ddpm" = a UNet2DModel on pixels (the default); "ldm" = a UNet2DModel on the
+    latents of a pretrained autoencoder read from ``autoencoder_path`` (the UNet's channels and
+    size come from the autoencoder); "sd_lora" = a Stable Diffusion folder (``pretrained_path``)
+    whose UNet gets a LoRA adapter, the only weights trained (the UNet fields below are unused, the
+    noise schedule is the folder's ``scheduler/``). ``sample_size`` and ``channels`` are always
+    the images' pixels per side and colour channels.
+    """
 
     sample_size: int = 8  # pixels per side of the model's images
     channels: int = 1  # 1 = grayscale, 3 = RGB
@@ -33,6 +63,21 @@ class ModelConfig:
     attention_head_dim: int = 8
     num_train_timesteps: int = 1000  # DDPM diffusion steps
     beta_schedule: str = "squaredcos_cap_v2"
+    beta_start: float = _added(0.0001)  # first/last beta of "linear" and "scaled_linear" schedules
+    beta_end: float = _added(0.02)
+    family: str = _added("ddpm")  # "ddpm" | "ldm" | "sd_lora"
+    # ldm: a local diffusers VQModel ("vq") or AutoencoderKL ("kl") folder (config.json + weights)
+    autoencoder_path: str | None = _added(None)
+    autoencoder_kind: str = _added("vq")
+    latent_scaling: float | None = _added(None)  # latents = encode(x) * this; None = the autoencoder's scaling_factor
+    # sd_lora: a local Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)
+    pretrained_path: str | None = _added(None)
+    lora_rank: int = _added(4)  # r of every adapted layer before pruning (paper: 256)
+    lora_alpha: float | None = _added(None)  # LoRA scale numerator; None = lora_rank (scale 1)
+    lora_target_modules: tuple[str, ...] = _added(("to_q", "to_k", "to_v", "to_out.0"))
+    prompt: str = _added("a painting")  # the generation prompt (and the training caption by default)
+    train_prompt: str = _added("")  # training caption; may hold "{contributor}"; "" = prompt
+    guidance_scale: float = _added(7.5)  # classifier-free guidance at generation; 1 = none
 
 
 @dataclass(frozen=True)
@@ -164,6 +209,66 @@ class RevaluationConfig:
     settle_seconds: float = 60.0  # a folder must be unchanged this long before it is validated
     max_attempts: int = 2  # launches of one sensor request (same inputs) before it gives up
     cron: str | None = None  # periodic re-valuation, e.g. "0 3 * * 1" (Mondays 03:00); None = off
+DATA_SOURCES = ("folders", "cifar100", "labels_file", "filename_prefix")
+# The 20 CIFAR-100 fine classes of the paper's CIFAR-20. METHOD.md gives only their number; these
+# are the fine-label indices 40-44, 55-64 and 80-84 that the reference code keeps (its
+# ``CIFAR100_original`` dataset), named as in the archive's ``meta`` file.
+CIFAR20_CLASSES = (
+    "lamp", "lawn_mower", "leopard", "lion", "lizard",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table",
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the contributors come from; ``contributors_dir`` is the root each source reads.
+
+    - "folders": one sub-folder of images per contributor (the default);
+    - "cifar100": ``contributors_dir`` is the extracted ``cifar-100-python`` folder (``train`` and
+      ``meta`` pickles); one contributor per fine class of ``cifar_classes``;
+    - "labels_file": ``contributors_dir`` is an image folder, ``labels_file`` a CSV (columns
+      ``file_column``, ``label_column``) or JSON object mapping image file name -> contributor;
+    - "filename_prefix": ``contributors_dir`` is an image folder; the contributor is the part of
+      each file name before the first ``prefix_separator`` (ArtBench: ``<artist>_<title>.jpg``).
+    """
+
+    source: str = "folders"
+    labels_file: str | None = None
+    file_column: str = "filename"
+    label_column: str = "identity"
+    prefix_separator: str = "_"
+    cifar_classes: tuple[str, ...] = CIFAR20_CLASSES
+    cifar_split: str = "train"  # the archive's "train" (500 images per class) or "test" (100)
+
+
+@dataclass(frozen=True)
+class PropertiesConfig:
+    """The instruments of the properties beyond the default game; every path is a local file or
+    folder (nothing is downloaded). Inception weights are ``classifier.inception_weights``."""
+
+    batch_size: int = 64  # images per forward pass of a property model
+    is_splits: int = 10  # Inception Score: mean over this many splits of the image set
+    # diversity_entropy: a transformers vision model folder (CLIP, BLIP, DINOv2, ...: config.json,
+    # weights, preprocessor_config.json) and a folder of reference images to cluster
+    vision_encoder: str | None = None
+    diversity_reference_dir: str | None = None
+    n_clusters: int = 20  # Ward clusters of the reference set
+    # aesthetic: a CLIP folder (transformers format) and a LAION aesthetic linear head
+    # (.pth/.pt/.safetensors state dict {"weight": (1, D), "bias": (1,)})
+    clip_model: str | None = None
+    aesthetic_head: str | None = None
+    aesthetic_quantile: float = 0.9  # the property is this quantile of the per-image scores
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Device and numeric precision; recorded with every utility."""
+
+    device: str = "auto"  # "auto" = CUDA when present, else CPU; or "cpu", "cuda", "cuda:1"
+    precision: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 on CPU; or "bf16", "fp32"
+    encode_batch_size: int = 32  # images per autoencoder call when caching latents
 
 
 @dataclass(frozen=True)
@@ -184,6 +289,9 @@ class PipelineConfig:
     lds: LDSConfig = field(default_factory=LDSConfig)
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
     revaluation: RevaluationConfig = field(default_factory=RevaluationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    properties: PropertiesConfig = field(default_factory=PropertiesConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
     # ---- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -219,6 +327,7 @@ class PipelineConfig:
             if len(str(self.revaluation.cron).split()) != 5:  # Dagster checks the fields' values
                 raise ValueError(f"revaluation.cron {self.revaluation.cron!r} is not a valid cron string "
                                  "(five fields, e.g. '0 3 * * 1')")
+        _check_families(self)
 
     def utility_seeds(self, method: str | None = None) -> list[int]:
         """The seeds whose utilities a valuation by ``method`` averages."""
@@ -234,6 +343,26 @@ class PipelineConfig:
     @property
     def contributors_path(self) -> Path:
         return Path(self.contributors_dir).resolve()
+
+
+def _check_families(cfg: "PipelineConfig") -> None:
+    """Value checks of the model family, data source and hardware (paths are checked, before any
+    work, by ``attribution_pipeline.inputs.check_local_inputs``)."""
+    m = cfg.model
+    if m.family not in MODEL_FAMILIES:
+        raise ValueError(f"model.family must be one of {MODEL_FAMILIES}, got {m.family!r}")
+    if m.autoencoder_kind not in AUTOENCODER_KINDS:
+        raise ValueError(f"model.autoencoder_kind must be one of {AUTOENCODER_KINDS}, got {m.autoencoder_kind!r}")
+    if m.lora_rank < 1:
+        raise ValueError(f"model.lora_rank must be >= 1, got {m.lora_rank}")
+    if cfg.data.source not in DATA_SOURCES:
+        raise ValueError(f"data.source must be one of {DATA_SOURCES}, got {cfg.data.source!r}")
+    if cfg.hardware.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"hardware.precision must be 'auto', 'bf16' or 'fp32', got {cfg.hardware.precision!r}")
+    if not 0.0 <= cfg.properties.aesthetic_quantile <= 1.0:
+        raise ValueError(f"properties.aesthetic_quantile must be in [0, 1], got {cfg.properties.aesthetic_quantile}")
+    if cfg.properties.n_clusters < 2:
+        raise ValueError(f"properties.n_clusters must be >= 2, got {cfg.properties.n_clusters}")
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 from attribution_pipeline.config import PipelineConfig
-from attribution_pipeline.data.contributors import ContributorValidationError, discover_contributors
+from attribution_pipeline.data.contributors import ContributorValidationError
+from attribution_pipeline.data.sources import discover_source
+from attribution_pipeline.inputs import MissingInputError, absolute_paths, check_local_inputs
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.storage.artifacts import atomic_write_bytes
 
@@ -96,9 +98,10 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, leni
             print(msg, file=out, flush=True)
 
     t_start = time.perf_counter()
-    try:  # validate before anything is written
-        found = _lenient_scan(cfg, out) if lenient else discover_contributors(cfg.contributors_path)
-    except ContributorValidationError as exc:
+    try:  # validate before anything is written: every configured local file, then the data
+        check_local_inputs(cfg)
+        found = _lenient_scan(cfg, out) if (lenient and cfg.data.source == "folders") else discover_source(cfg)
+    except (MissingInputError, ContributorValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     n = len(found)
@@ -106,6 +109,7 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, leni
         print(f"error: a budget of {cfg.valuation.budget} coalitions cannot value {n} contributors: "
               f"Shapley regression needs at least n = {n} (use --budget {max(5 * n, n)} or more)", file=sys.stderr)
         return 2
+    cfg = absolute_paths(cfg)  # the configuration Dagster reads must not depend on its working directory
     layout = RunLayout.at(cfg.workdir)
     layout.workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(layout.config_file, cfg.to_json().encode())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from importlib import metadata
 
-PACKAGES = ("attribution_pipeline", "torch", "diffusers", "torch-pruning", "clean-fid", "dagster", "duckdb", "numpy")
+PACKAGES = ("attribution_pipeline", "torch", "diffusers", "transformers", "peft", "torch-pruning", "clean-fid", "dagster",
+            "duckdb", "numpy")
 
 
 def snapshot() -> dict[str, str]:

@@ -11,6 +11,9 @@ from PIL import Image
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
+# tiny local stand-ins of the paper presets' models (session scoped)
+from attribution_pipeline_tests.tiny_models import model_zoo  # noqa: E402,F401
+
 
 def write_digit_contributors(root: Path, classes=(0, 1, 7), per_class: int = 24) -> Path:
     """A small contributors directory of real digits: ``digit_<d>`` with ``per_class`` PNGs each."""

@@ -27,6 +27,7 @@ Documented outcomes:
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 import warnings
 from collections import defaultdict
@@ -37,6 +38,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# The ids other sources (labels files, file-name prefixes: data/sources.py) map their labels to.
+CONTRIBUTOR_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 FORBIDDEN_NAME_CHARS = frozenset('\\/:*?"<>|')
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MIN_CONTRIBUTORS = 2
@@ -233,7 +236,7 @@ def shared_image_hashes(contributors: Iterable[Contributor]) -> set[str]:
     """SHA-256 of every image file that more than one contributor submitted."""
     owners: dict[str, set[str]] = defaultdict(set)
     for c in contributors:
-        for digest in c.file_hashes:
+        for digest in getattr(c, "file_hashes", ()):  # sources other than folders carry none
             owners[digest].add(c.contributor)
     return {d for d, ids in owners.items() if len(ids) > 1}
 
@@ -242,7 +245,7 @@ def duplicate_images(contributors: Iterable[Contributor]) -> dict[str, dict[str,
     """{contributor: {other: number of byte-identical images both submitted}}."""
     owners: dict[str, set[str]] = defaultdict(set)
     for c in contributors:
-        for digest in c.file_hashes:
+        for digest in getattr(c, "file_hashes", ()):  # sources other than folders carry none
             owners[digest].add(c.contributor)
     out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for ids in owners.values():

@@ -69,10 +69,13 @@ def _coalitions_to_check(context, pipeline: PipelineResource):
                             "model's shape, and no image is constant.")
 def image_sets_are_valid(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource) -> dg.AssetCheckResult:
     from attribution_pipeline.data.imagesets import image_set_problems
+    from attribution_pipeline.storage.artifacts import read_manifest
 
     cfg, layout = pipeline.config(), pipeline.layout()
     method = cfg.valuation.method
-    shape = (cfg.model.channels, cfg.model.sample_size, cfg.model.sample_size)
+    # every image set must have the shape of v(∅)'s (model families decode to different resolutions)
+    reference = layout.untrained_images_dir
+    shape = tuple(read_manifest(reference)["shape"]) if (reference / "manifest.json").is_file() else None
     problems, checked = [], 0
     for c in _coalitions_to_check(context, pipeline):
         for seed in cfg.utility_seeds(method):
@@ -88,10 +91,11 @@ def image_sets_are_valid(context: dg.AssetCheckExecutionContext, pipeline: Pipel
                 description="Each stored utility is finite and within its property's valid range (quality = −FID "
                             "≤ 0, diversity in [0, log2 K] for K contributors).")
 def utilities_in_valid_range(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource) -> dg.AssetCheckResult:
-    from attribution_pipeline.properties.registry import PropertyContext, get_property
+    from attribution_pipeline.properties.registry import get_property
+    from attribution_pipeline.stages.base import _property_context
 
     cfg, layout, store = pipeline.config(), pipeline.layout(), pipeline.store()
-    instruments = PropertyContext.load(layout.reference_dir, inception_weights=cfg.classifier.inception_weights)
+    instruments = _property_context(cfg, layout)
     keys = [c.key for c in _coalitions_to_check(context, pipeline)] + ["empty"]
     df = store.utilities_for(keys, method=cfg.valuation.method)
     rows = list(df.iter_rows(named=True)) if len(df) else []

@@ -119,6 +119,9 @@ def build_contributors_sensor(cfg: PipelineConfig, jobs: list) -> dg.SensorDefin
         from attribution_pipeline.data.watch import watch_contributors
 
         live = pipeline.config()  # the work directory's configuration, read at every tick
+        if live.data.source != "folders":
+            return dg.SkipReason(f"data.source is {live.data.source!r}: the sensor watches folder-per-contributor "
+                                 "directories only; re-value with `attribution-pipeline run`")
         previous = json.loads(context.cursor) if context.cursor else {}
         watch = watch_contributors(live.contributors_path, previous.get("folders", {}), time.time(),
                                    live.revaluation.settle_seconds)

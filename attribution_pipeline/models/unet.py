@@ -34,11 +34,14 @@ def build_unet(cfg: ModelConfig, seed: int = 0) -> UNet2DModel:
 
 
 def noise_scheduler(cfg: ModelConfig) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                         beta_start=cfg.beta_start, beta_end=cfg.beta_end)
 
 
-def ddim_scheduler(cfg: ModelConfig) -> DDIMScheduler:
-    return DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+def ddim_scheduler(cfg: ModelConfig, clip_sample: bool = True) -> DDIMScheduler:
+    """DDIM over the training schedule; ``clip_sample=False`` for latents, which are not in [-1, 1]."""
+    return DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                         beta_start=cfg.beta_start, beta_end=cfg.beta_end, clip_sample=clip_sample)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -112,10 +112,11 @@ class InceptionFeatures:
         return np.concatenate(feats).astype(np.float64)
 
 
-def make_extractor(classifier: ReferenceClassifier, inception_weights: str | Path | None = None) -> FeatureExtractor:
+def make_extractor(classifier: ReferenceClassifier, inception_weights: str | Path | None = None, *,
+                   device: str | torch.device = "cpu") -> FeatureExtractor:
     """The FID feature space: Inception when local weights are configured, else the classifier."""
     if inception_weights:
-        return InceptionFeatures(inception_weights)
+        return InceptionFeatures(inception_weights, device=device)
     return ClassifierFeatures(classifier)
 
 

@@ -11,15 +11,25 @@ Adding a property is one call::
     register_property("brightness", lambda images, ctx: float(images.mean()), valid_range=(-1, 1))
 
 Built in: ``quality`` (−FID, (−inf, 0]), ``diversity`` (entropy of predicted classes in bits,
-[0, log2 K]), ``diversity_mean_prob`` (the same on mean probabilities) and ``quality_kid`` (−KID).
+[0, log2 K]), ``diversity_mean_prob`` (the same on mean probabilities) and ``quality_kid`` (−KID);
+with local instruments (``config.PropertiesConfig``): ``inception_score``, ``fid``, ``kid``
+(``inception.py``), ``diversity_entropy`` (``embedding_diversity.py``) and ``aesthetic``
+(``aesthetic.py``).
+
+A property can also be named in the configuration without registering it: ``"package.module:function"``
+(imported on first use), or the name of an entry point in the group ``attribution_pipeline.properties``.
+The function takes ``images`` (and optionally the context) and returns a float.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 
@@ -45,6 +55,23 @@ class PropertyContext:
     classifier: ReferenceClassifier
     stats: ReferenceStats
     extractor: FeatureExtractor
+    settings: Any = None  # config.PropertiesConfig: the instruments of the extra properties
+    folder: Path | None = None  # where build_property_reference wrote the instruments
+    inception_weights: str | None = None
+    device: str = "cpu"  # where property models run
+
+    def instrument(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """A loaded instrument (a model, cluster centroids), built once per process per ``key``."""
+        if key not in _INSTRUMENTS:
+            _INSTRUMENTS[key] = build()
+        return _INSTRUMENTS[key]
+
+    def require(self, name: str, field: str) -> Any:
+        """The ``PropertiesConfig`` field ``field``; a clear error when it is unset."""
+        value = getattr(self.settings, field, None) if self.settings is not None else None
+        if value is None:
+            raise ValueError(f"property {name!r} needs properties.{field} (a local path) in the configuration")
+        return value
 
     def __post_init__(self) -> None:
         self.stats.check(self.extractor)
@@ -55,7 +82,8 @@ class PropertyContext:
 
     @classmethod
     def from_files(cls, classifier_path: str | Path, stats_path: str | Path,
-                   inception_weights: str | Path | None = None) -> "PropertyContext":
+                   inception_weights: str | Path | None = None, *, settings: Any = None,
+                   device: str = "cpu") -> "PropertyContext":
         """Load a saved classifier and reference statistics. Statistics computed in Inception
         space need ``inception_weights`` (a local file); classifier-space ones must not get it."""
         classifier = ReferenceClassifier.load(classifier_path)
@@ -66,10 +94,12 @@ class PropertyContext:
         if stats.extractor != "inception" and inception_weights:
             raise ValueError(f"{stats_path} holds {stats.extractor!r} statistics but inception_weights was given: "
                              "build the reference with inception_weights set, or leave it unset")
-        return cls(classifier, stats, make_extractor(classifier, inception_weights))
+        return cls(classifier, stats, make_extractor(classifier, inception_weights, device=device), settings,
+                   Path(classifier_path).parent, str(inception_weights) if inception_weights else None, str(device))
 
     @classmethod
-    def load(cls, folder: str | Path, inception_weights: str | Path | None = None) -> "PropertyContext":
+    def load(cls, folder: str | Path, inception_weights: str | Path | None = None, *, settings: Any = None,
+             device: str = "cpu") -> "PropertyContext":
         """Load the context ``build_reference`` wrote under ``folder``."""
         folder = Path(folder)
         name = "inception" if inception_weights else "classifier"
@@ -77,7 +107,8 @@ class PropertyContext:
         if not stats_path.is_file() and (folder / CLASSIFIER_FILE).is_file():
             raise FileNotFoundError(f"{stats_path} is missing: the reference in {folder} was built without "
                                     f"{name} features; rebuild it (build_reference) with the same inception_weights")
-        return cls.from_files(folder / CLASSIFIER_FILE, stats_path, inception_weights)
+        return cls.from_files(folder / CLASSIFIER_FILE, stats_path, inception_weights, settings=settings,
+                              device=device)
 
 
 def build_reference(classifier: ReferenceClassifier, images: torch.Tensor, folder: str | Path,
@@ -125,6 +156,8 @@ class Property:
 
 
 _REGISTRY: dict[str, Property] = {}
+_INSTRUMENTS: dict[tuple, Any] = {}
+ENTRY_POINT_GROUP = "attribution_pipeline.properties"
 
 
 def register_property(name: str, fn: PropertyFn, valid_range: Range = (-math.inf, math.inf), *,
@@ -153,12 +186,47 @@ def known_properties() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_property(name: str) -> Property:
+def _adapt(fn: Callable) -> PropertyFn:
+    """``fn(images)`` or ``fn(images, context)`` as a ``PropertyFn``."""
     try:
+        n_args = len([p for p in inspect.signature(fn).parameters.values()
+                      if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
+    except (TypeError, ValueError):  # builtins without a signature
+        n_args = 1
+    return fn if n_args >= 2 else (lambda images, ctx: fn(images))
+
+
+def _resolve(name: str) -> Property | None:
+    """A property named by ``"package.module:function"`` or by an entry point, registered on first use."""
+    fn = None
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"property {name!r}: cannot import {attr!r} from module {module!r} ({exc}); "
+                             "put the module on PYTHONPATH or fix the name") from exc
+    else:
+        found = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if found:
+            fn = found[0].load()
+    if fn is None:
+        return None
+    if not callable(fn):
+        raise ValueError(f"property {name!r} is not a function: it must take images (and optionally the context) "
+                         "and return a float")
+    return register_property(name, _adapt(fn), description=f"user property {name}", replace=True)
+
+
+def get_property(name: str) -> Property:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
+    prop = _resolve(name)
+    if prop is None:
         raise ValueError(f"unknown property {name!r}; known properties: {', '.join(known_properties())} "
-                         "(add one with register_property)") from None
+                         "(add one with register_property, name a function as 'package.module:function', "
+                         f"or declare an entry point in the group {ENTRY_POINT_GROUP!r})")
+    return prop
 
 
 def score_properties(images: torch.Tensor, names: Sequence[str], context: PropertyContext) -> dict[str, float]:
@@ -187,3 +255,6 @@ register_property("diversity_mean_prob", lambda images, ctx: diversity(images, c
                   description="entropy (bits) of the mean predicted class probabilities")
 register_property("quality_kid", lambda images, ctx: -kid(images, ctx.stats, ctx.extractor),
                   description="−KID to the real images (unbiased, so it may be slightly positive)")
+
+# The properties with their own instruments register themselves on import.
+from attribution_pipeline.properties import aesthetic, embedding_diversity, inception  # noqa: E402,F401

@@ -13,11 +13,9 @@ from attribution_pipeline.coalitions import EMPTY_KEY, Coalition, make_coalition
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.data.imagesets import GRID_FILE, load_image_set, save_image_set
 from attribution_pipeline.layout import RunLayout, content_hash, current_signature, signature
-from attribution_pipeline.models.sampling import generate_images
-from attribution_pipeline.models.train import train_diffusion
-from attribution_pipeline.models.unet import build_unet, load_unet, pick_device, save_unet
+from attribution_pipeline.models.backends import get_backend
 from attribution_pipeline.stages.base import (
-    Log, StageResult, _progress, _quiet, _score, load_images, read_contributors,
+    Log, StageResult, _progress, _quiet, _score, read_contributors,
 )
 from attribution_pipeline.storage.artifacts import atomic_write_json, read_manifest
 from attribution_pipeline.storage.results import ResultStore
@@ -115,21 +113,22 @@ def _generate_and_save(cfg: PipelineConfig, model, folder, sig: str, log: Log) -
                            {"n_images": m["n_images"], "grid": str(folder / GRID_FILE)})
     s = cfg.sampling
     start = time.perf_counter()
-    images = generate_images(model, cfg.model, n_images=s.n_images, ddim_steps=s.ddim_steps, seed=s.seed,
-                             batch_size=s.batch_size, device=pick_device())
+    images = get_backend(cfg).generate(model, n_images=s.n_images, steps=s.ddim_steps, seed=s.seed,
+                                       batch_size=s.batch_size)
     elapsed = time.perf_counter() - start
     m = save_image_set(images, folder, {"inputs_signature": sig, "generate_seconds": elapsed,
                                         "noise_seed": s.seed, "ddim_steps": s.ddim_steps})
     return StageResult(m["content_hash"], False, elapsed, {"n_images": m["n_images"], "grid": str(folder / GRID_FILE)})
 
 
-def _utility_rows(key: str, utilities: dict[str, float], method: str, seed: int, elapsed: float,
-                  base_version: str | None, n_images: int, inputs_signature: str | None = None,
-                  base_predates: list[str] | None = None) -> list[dict]:
-    device = str(pick_device())
+def _utility_rows(cfg: PipelineConfig, key: str, utilities: dict[str, float], method: str, seed: int,
+                  elapsed: float, base_version: str | None, n_images: int,
+                  inputs_signature: str | None = None, base_predates: list[str] | None = None) -> list[dict]:
+    backend = get_backend(cfg)
     return [{"coalition_key": key, "property": p, "value": float(v), "method": method, "seed": seed,
-             "elapsed_s": elapsed, "base_version": base_version, "n_images": n_images, "device": device,
-             "inputs_signature": inputs_signature, "base_predates": base_predates}
+             "elapsed_s": elapsed, "base_version": base_version, "n_images": n_images,
+             "device": str(backend.device), "precision": backend.precision, "inputs_signature": inputs_signature,
+             "base_predates": base_predates}
             for p, v in utilities.items()]
 
 
@@ -169,26 +168,29 @@ def utility_spec(cfg: PipelineConfig, layout: RunLayout, coalition: Coalition, m
         ckpt_sig = signature("coalition_ft", f, cfg.model, base_version, members) if method == SFT else \
             signature("coalition_full_ft", f, cfg.model, base_version, members)
     reference = content_hash(layout.reference_dir) if (layout.reference_dir / "manifest.json").is_file() else None
-    util_sig = signature("utility", ckpt_sig, cfg.sampling, sorted(cfg.valuation.properties), reference)
+    # property instruments beyond the reference folder (model paths, quantile, ...), once set
+    instruments = [cfg.properties] if cfg.properties != type(cfg.properties)() else []
+    util_sig = signature("utility", ckpt_sig, cfg.sampling, sorted(cfg.valuation.properties), reference, *instruments)
     return UtilitySpec(method, seed, base_version, ckpt_sig, util_sig)
 
 
 def _train_coalition_model(cfg: PipelineConfig, layout: RunLayout, coalition: Coalition, spec: UtilitySpec,
                            log: Log):
     """The coalition's model by ``spec.method``; returns (model, TrainResult-like elapsed, final loss)."""
-    images, _ = load_images(layout, coalition.members)
+    backend = get_backend(cfg)
+    data = backend.training_data(layout, coalition.members)
     progress = _progress(log, f"coalition {coalition.key} ({spec.method}, seed {spec.seed})")
     if spec.method == RETRAIN:
         t = cfg.train
-        model = build_unet(cfg.model, seed=spec.seed)
-        return train_diffusion(model, images, cfg.model, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
-                               seed=spec.seed, warmup_steps=t.warmup_steps, ema="reset", ema_decay=t.ema_decay,
-                               device=pick_device(), progress=progress, progress_every=max(t.steps // 4, 1))
+        model = backend.build(seed=spec.seed)
+        return backend.train(model, data, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
+                             seed=spec.seed, warmup_steps=t.warmup_steps, ema="reset", ema_decay=t.ema_decay,
+                             progress=progress, progress_every=max(t.steps // 4, 1))
     f = cfg.finetune
-    model = load_unet(layout.pruned_base_dir if spec.method == SFT else layout.full_model_dir)
-    return train_diffusion(model, images, cfg.model, steps=f.steps, batch_size=f.batch_size, lr=f.lr,
-                           seed=spec.seed, ema=f.ema, ema_decay=f.ema_decay, device=pick_device(),
-                           progress=progress, progress_every=max(f.steps, 1))
+    model = backend.load(layout.pruned_base_dir if spec.method == SFT else layout.full_model_dir)
+    return backend.train(model, data, steps=f.steps, batch_size=f.batch_size, lr=f.lr,
+                         seed=spec.seed, ema=f.ema, ema_decay=f.ema_decay,
+                         progress=progress, progress_every=max(f.steps, 1))
 
 
 def evaluate_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coalition: Coalition,
@@ -202,11 +204,10 @@ def evaluate_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStor
     Then generate with the shared noise and score. Each artifact is cached by its inputs
     signature, so a present utility is never recomputed.
     """
-    from attribution_pipeline.models.pruning import save_pruned_unet
-
     if coalition.size == 0:
         raise ValueError("the empty coalition has no data to train on; use evaluate_empty_coalition")
     start = time.perf_counter()
+    backend = get_backend(cfg)
     spec = utility_spec(cfg, layout, coalition, method, seed)
     run_seed = None if (method == SFT and spec.seed == cfg.finetune.seed) else spec.seed
     ckpt_dir = layout.coalition_checkpoint_dir(coalition.key, method, run_seed)
@@ -216,22 +217,19 @@ def evaluate_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStor
     if reuse_full:
         # retraining N with the full model's recipe and seed is θ* itself: reuse it, and its cost
         m = read_manifest(layout.full_model_dir)
-        model = load_unet(layout.full_model_dir)
+        model = backend.load(layout.full_model_dir)
         ckpt = StageResult(m["content_hash"], True, m.get("train_seconds", 0.0))
     elif current_signature(ckpt_dir) == spec.checkpoint_signature:
         m = read_manifest(ckpt_dir)
-        model = load_unet(ckpt_dir)
+        model = backend.load(ckpt_dir)
         ckpt = StageResult(m["content_hash"], True, m.get("finetune_seconds", 0.0))
     else:
         r = _train_coalition_model(cfg, layout, coalition, spec, log)
         meta = {"inputs_signature": spec.checkpoint_signature, "finetune_seconds": r.elapsed_s,
                 "members": list(coalition.members), "base_version": spec.base_version, "method": method,
                 "seed": spec.seed, "final_loss": r.final_loss}
-        if method == SFT:
-            save_pruned_unet(r.model.cpu(), ckpt_dir, extra_manifest=meta)
-        else:
-            save_unet(r.model.cpu(), ckpt_dir, meta)
-        model = r.model.cpu()
+        backend.save(r.model, ckpt_dir, meta, pruned=(method == SFT))
+        model = r.model
         ckpt = StageResult(read_manifest(ckpt_dir)["content_hash"], False, r.elapsed_s)
     img = _generate_and_save(cfg, model, images_dir, signature("images", cfg.sampling, ckpt.content_hash), log)
     t0 = time.perf_counter()
@@ -240,8 +238,8 @@ def evaluate_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStor
     total = ckpt.elapsed_s + img.elapsed_s + score_s
     from attribution_pipeline.stages.revaluation import members_base_predates
 
-    store.upsert("utilities", _utility_rows(coalition.key, utilities, method, spec.seed, total, spec.base_version,
-                                            img.metadata["n_images"], spec.utility_signature,
+    store.upsert("utilities", _utility_rows(cfg, coalition.key, utilities, method, spec.seed, total,
+                                            spec.base_version, img.metadata["n_images"], spec.utility_signature,
                                             members_base_predates(layout, coalition.members, method)))
     return CoalitionOutcome(coalition, ckpt, img, utilities, time.perf_counter() - start,
                             {"score_s": score_s, "method": method, "seed": spec.seed, "images_dir": str(images_dir)})
@@ -258,12 +256,12 @@ def evaluate_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: Resu
                              log: Log = _quiet) -> CoalitionOutcome:
     """v(∅): images of the untrained model (seeded random init), same noise, same scorers."""
     start = time.perf_counter()
-    model = build_unet(cfg.model, seed=cfg.train.seed)
+    model = get_backend(cfg).build(seed=cfg.train.seed)  # sd_lora: the base model (a zero adapter)
     img = _generate_and_save(cfg, model, layout.untrained_images_dir,
                              signature("untrained_images", cfg.sampling, cfg.model, cfg.train.seed), log)
     utilities = _score(cfg, layout, load_image_set(layout.untrained_images_dir))
     elapsed = time.perf_counter() - start
-    rows = _utility_rows(EMPTY_KEY, utilities, SFT, cfg.finetune.seed, elapsed, None, img.metadata["n_images"])
+    rows = _utility_rows(cfg, EMPTY_KEY, utilities, SFT, cfg.finetune.seed, elapsed, None, img.metadata["n_images"])
     store.upsert("utilities", rows)
     empty = make_coalition([], "empty", -1)
     return CoalitionOutcome(empty, StageResult("untrained", True, 0.0), img, utilities, elapsed)
@@ -278,7 +276,7 @@ def evaluate_full_model(cfg: PipelineConfig, layout: RunLayout, store: ResultSto
     start = time.perf_counter()
     ids = [c["contributor"] for c in read_contributors(layout)["contributors"]]
     full_version = content_hash(layout.full_model_dir)
-    model = load_unet(layout.full_model_dir)
+    model = get_backend(cfg).load(layout.full_model_dir)
     img = _generate_and_save(cfg, model, layout.full_model_images_dir,
                              signature("full_images", cfg.sampling, full_version), log)
     images = load_image_set(layout.full_model_images_dir)
@@ -289,7 +287,7 @@ def evaluate_full_model(cfg: PipelineConfig, layout: RunLayout, store: ResultSto
     log(f"full model: {recognized:.1%} of {len(images)} samples recognised with probability >= 0.5")
     elapsed = time.perf_counter() - start
     full = make_coalition(ids, "full", 0)
-    store.upsert("utilities", _utility_rows(full.key, utilities, "full_model", cfg.train.seed, elapsed,
+    store.upsert("utilities", _utility_rows(cfg, full.key, utilities, "full_model", cfg.train.seed, elapsed,
                                             full_version, img.metadata["n_images"]))
     return CoalitionOutcome(full, StageResult(full_version, True, 0.0), img, utilities, elapsed,
                             {"recognized_fraction": recognized})

@@ -88,6 +88,8 @@ SCHEMA = [
     # the signature of everything a utility was computed from (config, data, base, instruments):
     # a row whose signature differs from the current one is stale and is recomputed
     "ALTER TABLE utilities ADD COLUMN IF NOT EXISTS inputs_signature VARCHAR",
+    # numeric precision of the model's forward passes ('bf16' autocast or 'fp32'), beside device
+    "ALTER TABLE utilities ADD COLUMN IF NOT EXISTS precision VARCHAR",
     # the utility method the round's values were fitted on ('sft', 'ft' or 'retrain')
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS method VARCHAR",
     "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS method VARCHAR",
