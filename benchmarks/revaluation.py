@@ -14,6 +14,11 @@ pipeline's caches make a re-launch recompute nothing it has.
    plan drawn afresh for 11 contributors; timed.
 5. Agreement: Spearman and Pearson between the two policies' Shapley values per property (the
    default estimator), and the largest rank change.
+6. The noise floor of that agreement: a second rebase with another coalition design
+   (``valuation.seed = 1``, work directory ``rebase_seed1/``, a copy of ``rebase/`` after its round 2:
+   same base, new coalitions). Two rebases disagree this much by sampling alone.
+7. Compute accounting from the artifacts' manifests (fine-tune, generation, base training seconds),
+   less sensitive than wall time to what else the machine runs.
 """
 
 from __future__ import annotations
@@ -86,6 +91,26 @@ def counts(text: str) -> tuple[int, int]:
     return int(words[0]), int(words[3])
 
 
+def compute(workdir: Path, newcomer_only: bool) -> tuple[float, float, float, float]:
+    """Seconds of the round-2 work recorded in manifests: coalition fine-tunes and generation (the
+    coalitions trained this round), and the base's training when it was retrained this round."""
+    import json
+
+    from attribution_pipeline.stages import read_plan
+
+    def manifest(folder: Path) -> dict:
+        path = folder / "manifest.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    layout = RunLayout.at(workdir)
+    trained = [c for c in read_plan(layout).coalitions if not newcomer_only or NEWCOMER in c.members]
+    ft = sum(manifest(layout.coalition_checkpoint_dir(c.key)).get("finetune_seconds", 0.0) for c in trained)
+    gen = sum(manifest(layout.coalition_images_dir(c.key)).get("generate_seconds", 0.0) for c in trained)
+    full, pruned = manifest(layout.full_model_dir), manifest(layout.pruned_base_dir)
+    kept = NEWCOMER not in full.get("trained_on", {})
+    return ft, gen, 0.0 if kept else full.get("train_seconds", 0.0), 0.0 if kept else pruned.get("finetune_seconds", 0.0)
+
+
 def latest_values(workdir: Path) -> dict[tuple[str, str], float]:
     from attribution_pipeline.storage.results import ResultStore
 
@@ -135,10 +160,21 @@ def main() -> None:
             cfg.override({"workdir": str(workdir), "revaluation": {"policy": policy}}), base / f"{name}.log")
         done.write_text(f"{timings[name]:.1f}\n")
 
+    seed_dir = base / "rebase_seed1"
+    if not (seed_dir / "round2.done").is_file():
+        shutil.rmtree(seed_dir, ignore_errors=True)
+        shutil.copytree(reb_dir, seed_dir, symlinks=True)
+        timings["rebase_seed1"], texts["rebase_seed1"] = run_round(cfg.override({
+            "workdir": str(seed_dir), "valuation": {"seed": 1}, "revaluation": {"policy": "rebase"}}),
+            base / "rebase_seed1.log")
+        (seed_dir / "round2.done").write_text(f"{timings['rebase_seed1']:.1f}\n")
+    timings["rebase_seed1"] = float((seed_dir / "round2.done").read_text().split()[0])
+    texts["rebase_seed1"] = (base / "rebase_seed1.log").read_text()
+
     plan_inc, plan_reb = read_plan(RunLayout.at(inc_dir)), read_plan(RunLayout.at(reb_dir))
     trained, rescored = counts(texts["incremental"])
     with_new = sum(NEWCOMER in c.members for c in plan_inc.coalitions)
-    a, b = latest_values(inc_dir), latest_values(reb_dir)
+    a, b, b1 = latest_values(inc_dir), latest_values(reb_dir), latest_values(seed_dir)
     lines = [
         "# Re-valuation after one newcomer: incremental vs rebase" + (" (quick)" if args.quick else ""),
         "",
@@ -151,12 +187,23 @@ def main() -> None:
         f"| round 1 (10 contributors) | {int(n_plan1)} | {counts(texts['round1'])[0]} | - | {timings['round1']:.0f} |",
         f"| round 2 incremental | {len(plan_inc.coalitions)} | {trained} (all contain {NEWCOMER}: {with_new} do) | {rescored} | {timings['incremental']:.0f} |",
         f"| round 2 rebase | {len(plan_reb.coalitions)} | {counts(texts['rebase'])[0]} | {counts(texts['rebase'])[1]} | {timings['rebase']:.0f} |",
+        f"| round 2 rebase, design seed 1 (noise floor; the rebased base and shared coalitions reused) "
+        f"| {len(read_plan(RunLayout.at(seed_dir)).coalitions)} | {counts(texts['rebase_seed1'])[0]} | "
+        f"{counts(texts['rebase_seed1'])[1]} | {timings['rebase_seed1']:.0f} |",
         "",
         f"incremental / rebase wall time: {timings['incremental'] / timings['rebase']:.2f}; "
         f"incremental / round 1: {timings['incremental'] / timings['round1']:.2f}",
         "",
-        "| property | Spearman (incremental vs rebase) | Pearson | largest rank change | newcomer rank inc / rebase |",
+        "Compute (seconds summed from the manifests of the artifacts each round produced):",
+        "",
+        "| round 2 | coalition fine-tunes | generation | full model training | pruned-base fine-tune |",
         "|---|---|---|---|---|",
+        *[f"| {name} | " + " | ".join(f"{v:.0f}" for v in compute(d, name == "incremental")) + " |"
+          for name, d in (("incremental", inc_dir), ("rebase", reb_dir))],
+        "",
+        "| property | Spearman (incremental vs rebase) | Pearson | largest rank change | newcomer rank inc / rebase "
+        "| noise floor: Spearman (rebase vs rebase, design seed 1) | Spearman (incremental vs rebase seed 1) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for prop in sorted({p for p, _ in a}):
         names = sorted(c for p, c in a if p == prop)
@@ -164,8 +211,9 @@ def main() -> None:
         y = np.array([b[(prop, c)] for c in names])
         rx, ry = (np.argsort(np.argsort(-x)) + 1), (np.argsort(np.argsort(-y)) + 1)
         j = names.index(NEWCOMER)
+        z = np.array([b1[(prop, c)] for c in names])
         lines.append(f"| {prop} | {spearmanr(x, y)[0]:.3f} | {pearsonr(x, y)[0]:.3f} | {int(np.abs(rx - ry).max())} "
-                     f"| {rx[j]} / {ry[j]} |")
+                     f"| {rx[j]} / {ry[j]} | {spearmanr(y, z)[0]:.3f} | {spearmanr(x, z)[0]:.3f} |")
     lines += ["", "Values (default estimator):", "", "| property | contributor | incremental | rebase |", "|---|---|---|---|"]
     for (prop, c), v in sorted(a.items()):
         lines.append(f"| {prop} | {c} | {v:.4g} | {b[(prop, c)]:.4g} |")
