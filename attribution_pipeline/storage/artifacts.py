@@ -102,6 +102,8 @@ def _swap_into_place(tmp: Path, final: Path, attempts: int = 20) -> None:
             shutil.rmtree(old, ignore_errors=True)
             return
         except (FileNotFoundError, OSError) as exc:
+            # what we moved aside is stale: the other writer's complete artifact is in place now
+            shutil.rmtree(old, ignore_errors=True)
             if isinstance(exc, FileNotFoundError) or exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 if attempt < attempts - 1:
                     time.sleep(0.01 * (attempt + 1))
