@@ -61,6 +61,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         valuation["properties"] = list(dict.fromkeys(args.property))
     if args.method is not None:
         valuation["method"] = args.method
+    if getattr(args, "policy", None) is not None:
+        changes["revaluation"] = {"policy": args.policy}
     if valuation:
         changes["valuation"] = valuation
     cfg = cfg.override(changes)
@@ -89,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="utility of a coalition: sft = fine-tune the pruned base k steps (default), "
                           "ft = fine-tune the full model k steps, retrain = train from scratch "
                           "(retrain.n_seeds seeds, e.g. --set retrain.n_seeds=2); each is cached side by side")
+    run.add_argument("--policy", choices=["rebase", "incremental"],
+                     help="when contributors changed since the last round: rebase = retrain the base and "
+                          "recompute every coalition (default), incremental = keep the base and compute only "
+                          "coalitions involving new or changed contributors (README: re-valuation)")
     run.add_argument("--preset", default="digits", help="preset name or TOML file (default: digits)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override any config field, e.g. --set train.steps=300 --set finetune.steps=50")
@@ -107,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     query = sub.add_parser("query", help="run SQL against <workdir>/attribution.duckdb")
     _add_common(query)
     query.add_argument("sql")
+    query.add_argument("--published", action="store_true",
+                       help="read the published copy attribution_published.duckdb read-only: never waits for "
+                            "or blocks a running valuation")
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the work directory")
     _add_common(ui)
     ui.add_argument("--port", type=int, default=3000)
@@ -157,7 +166,19 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return EXIT_BAD_INPUT
         with pl.Config(tbl_rows=200, tbl_cols=30, fmt_str_lengths=60):
-            print(ResultStore(db).query(args.sql))
+            if args.published:
+                import duckdb
+
+                from attribution_pipeline.storage.results import published_path
+
+                if not published_path(db).is_file():
+                    print(f"error: {published_path(db)} does not exist yet (it is written after each write)",
+                          file=sys.stderr)
+                    return EXIT_BAD_INPUT
+                with duckdb.connect(str(published_path(db)), read_only=True) as con:
+                    print(con.execute(args.sql).pl())
+            else:
+                print(ResultStore(db).query(args.sql))
         return 0
     if args.command == "ui":
         from attribution_pipeline.runner import prepare_dagster_home

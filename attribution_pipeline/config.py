@@ -186,6 +186,29 @@ class CounterfactualConfig:
     seed: int = 11  # seed of the random removals
 
 
+REVALUATION_POLICIES = ("rebase", "incremental")
+
+
+@dataclass(frozen=True)
+class RevaluationConfig:
+    """What happens when contributors arrive, change or leave (see ``stages/revaluation.py``).
+
+    ``rebase`` (default) retrains the full model and the pruned base on the current contributors
+    and recomputes every coalition: the game is exactly the paper's. ``incremental`` keeps the
+    current base, computes only the coalitions that involve new or changed contributors, and
+    records that the base predates them (an approximation: the README measures it).
+    """
+
+    policy: str = "rebase"  # "rebase" or "incremental"
+    # incremental falls back to rebase when more contributors than this arrive at once (the pool
+    # doubles per newcomer) or when the plan would exceed incremental_max_coalitions
+    incremental_max_new: int = 2
+    incremental_max_coalitions: int = 400
+    sensor: bool = True  # the contributors sensor starts RUNNING under `dagster dev` (False: STOPPED)
+    sensor_interval_s: int = 30  # seconds between sensor ticks
+    settle_seconds: float = 60.0  # a folder must be unchanged this long before it is validated
+    max_attempts: int = 2  # launches of one sensor request (same inputs) before it gives up
+    cron: str | None = None  # periodic re-valuation, e.g. "0 3 * * 1" (Mondays 03:00); None = off
 DATA_SOURCES = ("folders", "cifar100", "labels_file", "filename_prefix")
 # The 20 CIFAR-100 fine classes of the paper's CIFAR-20. METHOD.md gives only their number; these
 # are the fine-label indices 40-44, 55-64 and 80-84 that the reference code keeps (its
@@ -265,6 +288,7 @@ class PipelineConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     lds: LDSConfig = field(default_factory=LDSConfig)
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    revaluation: RevaluationConfig = field(default_factory=RevaluationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     properties: PropertiesConfig = field(default_factory=PropertiesConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -297,6 +321,12 @@ class PipelineConfig:
         for name in ("remove_fraction", "keep_fraction"):
             if not 0.0 < getattr(self.counterfactual, name) < 1.0:
                 raise ValueError(f"counterfactual.{name} must be in (0, 1), got {getattr(self.counterfactual, name)}")
+        if self.revaluation.policy not in REVALUATION_POLICIES:
+            raise ValueError(f"revaluation.policy must be one of {REVALUATION_POLICIES}, got {self.revaluation.policy!r}")
+        if self.revaluation.cron is not None:
+            if len(str(self.revaluation.cron).split()) != 5:  # Dagster checks the fields' values
+                raise ValueError(f"revaluation.cron {self.revaluation.cron!r} is not a valid cron string "
+                                 "(five fields, e.g. '0 3 * * 1')")
         _check_families(self)
 
     def utility_seeds(self, method: str | None = None) -> list[int]:

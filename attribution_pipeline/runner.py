@@ -68,8 +68,24 @@ def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) ->
     return runs
 
 
-def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> int:
-    """Value the contributors of ``cfg``; print the table; return a process exit code."""
+def _lenient_scan(cfg: PipelineConfig, out) -> list:
+    from attribution_pipeline.data.contributors import MIN_CONTRIBUTORS, scan_contributors
+
+    scan = scan_contributors(cfg.contributors_path)
+    for name, problems in scan.rejected.items():
+        print(f"warning: contributor folder {name!r} left out of this round: " + "; ".join(problems), file=out)
+    if len(scan.accepted) < MIN_CONTRIBUTORS:
+        raise ContributorValidationError(scan.root, [f"{scan.root}: {len(scan.accepted)} valid contributor(s); "
+                                                     f"a valuation needs at least {MIN_CONTRIBUTORS}"])
+    return scan.accepted
+
+
+def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, lenient: bool = False) -> int:
+    """Value the contributors of ``cfg``; print the table; return a process exit code.
+
+    lenient: value the folders that validate and leave out the others, with their reasons (the
+    scheduled re-valuation); by default any bad folder stops the run before anything is written.
+    """
     import dagster as dg
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
@@ -84,7 +100,7 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> i
     t_start = time.perf_counter()
     try:  # validate before anything is written: every configured local file, then the data
         check_local_inputs(cfg)
-        found = discover_source(cfg)
+        found = _lenient_scan(cfg, out) if (lenient and cfg.data.source == "folders") else discover_source(cfg)
     except (MissingInputError, ContributorValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -120,8 +136,11 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> i
 
     say("[1/3] contributors, property reference, full model, pruned base, coalition plan")
     t0 = time.perf_counter()
-    if not execute("valuation_base", run_config={**log_cfg, "ops": {"coalition_plan": {"config": {
-            "budget": cfg.valuation.budget, "seed": cfg.valuation.seed}}}}):
+    # the snapshot validated above is what this round values: a folder that appears meanwhile waits
+    snapshot = {c.contributor: c.data_hash for c in found}
+    if not execute("valuation_base", run_config={**log_cfg, "ops": {
+            "contributors": {"config": {"snapshot": snapshot}},
+            "coalition_plan": {"config": {"budget": cfg.valuation.budget, "seed": cfg.valuation.seed}}}}):
         return 1
     t_base = time.perf_counter() - t0
 
@@ -130,6 +149,13 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout) -> i
     runs = partition_runs(missing, ordered, max(1, cfg.valuation.coalitions_per_run))
     say(f"[2/3] coalitions ({cfg.valuation.method}): {len(missing)} to evaluate in {len(runs)} run(s), "
         f"{len(set(ordered)) - len(missing)} already known")
+    if missing:
+        from attribution_pipeline.stages import coalitions_by_key
+        from attribution_pipeline.stages.revaluation import split_work
+        from attribution_pipeline.storage.results import ResultStore
+
+        work = split_work(cfg, layout, list(coalitions_by_key(ResultStore(layout.database), missing).values()))
+        say(f"  {len(work.train)} to train, {len(work.rescore)} only to re-score (policy {cfg.revaluation.policy})")
     t0 = time.perf_counter()
     for i, (first, last, count) in enumerate(runs, 1):
         say(f"  run {i}/{len(runs)}: {count} coalition(s) {first} .. {last}")

@@ -49,6 +49,9 @@ def test_cli_run_show_query_and_rerun(tmp_path):
     q = _cli("query", "--workdir", str(work), "SELECT count(*) AS n FROM latest_shapley_values WHERE is_default",
              cwd=tmp_path)
     assert q.returncode == 0 and "│ 3 " in q.stdout
+    pub = _cli("query", "--published", "--workdir", str(work),
+               "SELECT count(*) AS n FROM valuation_rounds WHERE policy = 'rebase'", cwd=tmp_path)
+    assert pub.returncode == 0 and "│ 1 " in pub.stdout, pub.stderr
     show = _cli("show", "--workdir", str(work), cwd=tmp_path)
     assert show.returncode == 0 and "digit_5" in show.stdout
 
@@ -75,3 +78,12 @@ def test_cli_reports_bad_input_and_bad_options(tmp_path):
     assert r.returncode == 2 and "invalid choice" in r.stderr
     r = _cli("evaluate", "--workdir", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_policy_option_reaches_the_configuration(tmp_path):
+    from attribution_pipeline.cli import _parser, build_config
+
+    args = _parser().parse_args(["run", "--workdir", str(tmp_path / "w"), "--policy", "incremental"])
+    assert build_config(args).revaluation.policy == "incremental"
+    args = _parser().parse_args(["run", "--workdir", str(tmp_path / "w")])
+    assert build_config(args).revaluation.policy == "rebase"

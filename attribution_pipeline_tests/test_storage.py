@@ -1,4 +1,5 @@
 import multiprocessing as mp
+import time
 
 import pytest
 
@@ -58,3 +59,28 @@ def test_parallel_writers_lose_no_rows_and_never_hit_the_lock(tmp_path):
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert ResultStore(path).query("SELECT count(*) AS n FROM utilities")["n"][0] == 40
+
+
+def _write_many(final, worker, n, start=None):
+    if start is not None:
+        start.wait(60)  # both writers begin together
+    for i in range(n):
+        with atomic_folder(final, {"writer": worker, "i": i}) as tmp:
+            (tmp / "a.bin").write_bytes(f"{worker}-{i}".encode() * 1000)
+
+
+def test_two_processes_finishing_the_same_artifact_never_fail_or_mix(tmp_path):
+    final = tmp_path / "art"
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_write_many, args=(final, w, 300, start)) for w in range(2)]
+    for p in procs:
+        p.start()
+    time.sleep(3)
+    start.set()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    m = read_manifest(final)
+    assert (final / "a.bin").read_bytes() == f"{m['writer']}-{m['i']}".encode() * 1000  # one writer's content
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]  # no temporary or moved-aside folder left

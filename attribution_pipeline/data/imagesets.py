@@ -44,3 +44,22 @@ def load_image_set(folder: Path):
     """The image set as a float tensor in [-1, 1] (checks the manifest first)."""
     read_manifest(folder)
     return to_model_range(np.load(Path(folder) / IMAGES_FILE))
+
+
+def image_set_problems(folder: Path, expected_n: int, expected_shape: tuple[int, ...] | None = None) -> list[str]:
+    """Why an image set cannot be scored, or []: incomplete (no manifest), a count or a shape other
+    than expected, or constant images (every pixel equal: a collapsed or broken generator)."""
+    folder = Path(folder)
+    if not (folder / "manifest.json").is_file():
+        return [f"{folder}: incomplete image set (no manifest)"]
+    arr = np.load(folder / IMAGES_FILE, mmap_mode="r")
+    problems = []
+    if arr.shape[0] != expected_n:
+        problems.append(f"{folder}: {arr.shape[0]} images, expected {expected_n}")
+    if expected_shape is not None and tuple(arr.shape[1:]) != tuple(expected_shape):
+        problems.append(f"{folder}: images of shape {tuple(arr.shape[1:])}, expected {tuple(expected_shape)}")
+    flat = np.asarray(arr).reshape(arr.shape[0], -1)
+    constant = int(np.sum(flat.min(axis=1) == flat.max(axis=1))) if flat.size else 0
+    if constant:
+        problems.append(f"{folder}: {constant} constant image(s) (every pixel equal)")
+    return problems

@@ -3,8 +3,9 @@
 
 import dagster as dg
 
-from attribution_pipeline.defs import checks, coalition_assets, evaluation_assets, model_assets, valuation_assets
-from attribution_pipeline.defs.resources import PipelineResource, default_workdir
+from attribution_pipeline.defs import (checks, coalition_assets, evaluation_assets, model_assets, schedules, sensors,
+                                       valuation_assets)
+from attribution_pipeline.defs.resources import PipelineResource, default_workdir, read_pipeline_config
 
 ALL_ASSETS = [
     model_assets.contributors,
@@ -45,9 +46,13 @@ evaluation_job = dg.define_asset_job(
 
 
 def build_definitions(workdir: str | None = None) -> dg.Definitions:
+    workdir = workdir or default_workdir()
+    cfg = read_pipeline_config(workdir)  # the sensor's default status and the schedule's cron
     return dg.Definitions(
         assets=ALL_ASSETS,
-        asset_checks=[checks.shapley_efficiency, checks.plan_covers_contributors, checks.utilities_are_finite],
-        jobs=[base_job, coalitions_job, shapley_job, evaluation_job],
-        resources={"pipeline": PipelineResource(workdir=workdir or default_workdir())},
+        asset_checks=checks.ALL_CHECKS,
+        jobs=[base_job, coalitions_job, shapley_job, evaluation_job, schedules.scheduled_revaluation],
+        sensors=[sensors.build_contributors_sensor(cfg, [base_job, coalitions_job, shapley_job])],
+        schedules=schedules.build_schedules(cfg),
+        resources={"pipeline": PipelineResource(workdir=workdir)},
     )

@@ -11,7 +11,9 @@ from attribution_pipeline.defs.resources import PipelineResource
 NOT_EFFICIENT = ("banzhaf-msr", "loo")
 
 
-@dg.asset_check(asset="shapley_values", description="Per property and Shapley estimator, Σ values = v(N) − v(∅).")
+# blocking: the evaluation assets downstream must not score a table that breaks efficiency
+@dg.asset_check(asset="shapley_values", blocking=True,
+                description="Per property and Shapley estimator, Σ values = v(N) − v(∅).")
 def shapley_efficiency(pipeline: PipelineResource) -> dg.AssetCheckResult:
     df = pipeline.store().query(
         "SELECT property, estimator, sum(value) AS total, any_value(v_full - v_empty) AS gap "
@@ -43,3 +45,70 @@ def utilities_are_finite(pipeline: PipelineResource) -> dg.AssetCheckResult:
     df = pipeline.store().query("SELECT coalition_key, property, value FROM utilities")
     bad = [f"{r['coalition_key']}/{r['property']}" for r in df.iter_rows(named=True) if not math.isfinite(r["value"])]
     return dg.AssetCheckResult(passed=not bad, metadata={"rows": len(df), "non_finite": ", ".join(bad[:20]) or "none"})
+
+
+def _run_partitions(context: dg.AssetCheckExecutionContext) -> list[str] | None:
+    """The coalition partitions of this run; None outside a partitioned run (then: every planned one)."""
+    if context.has_partition_key_range:
+        return list(context.partition_keys)
+    if context.has_partition_key:
+        return [context.partition_key]
+    return None
+
+
+def _coalitions_to_check(context, pipeline: PipelineResource):
+    keys = _run_partitions(context)
+    plan = stages.read_plan(pipeline.layout())
+    if keys is None:
+        return list({c.key: c for c in plan.coalitions}.values())
+    return list(stages.coalitions_by_key(pipeline.store(), keys).values())
+
+
+@dg.asset_check(asset="coalition_images", blocking=True,
+                description="Each coalition's image set is complete, holds sampling.n_images images of the "
+                            "model's shape, and no image is constant.")
+def image_sets_are_valid(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource) -> dg.AssetCheckResult:
+    from attribution_pipeline.data.imagesets import image_set_problems
+    from attribution_pipeline.storage.artifacts import read_manifest
+
+    cfg, layout = pipeline.config(), pipeline.layout()
+    method = cfg.valuation.method
+    # every image set must have the shape of v(∅)'s (model families decode to different resolutions)
+    reference = layout.untrained_images_dir
+    shape = tuple(read_manifest(reference)["shape"]) if (reference / "manifest.json").is_file() else None
+    problems, checked = [], 0
+    for c in _coalitions_to_check(context, pipeline):
+        for seed in cfg.utility_seeds(method):
+            run_seed = None if (method == "sft" and seed == cfg.finetune.seed) else seed
+            problems += image_set_problems(layout.coalition_images_dir(c.key, method, run_seed), cfg.sampling.n_images,
+                                           shape)
+            checked += 1
+    return dg.AssetCheckResult(passed=not problems, metadata={"image_sets": checked,
+                                                             "problems": "; ".join(problems[:20]) or "none"})
+
+
+@dg.asset_check(asset="coalition_utilities", blocking=True,
+                description="Each stored utility is finite and within its property's valid range (quality = −FID "
+                            "≤ 0, diversity in [0, log2 K] for K contributors).")
+def utilities_in_valid_range(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource) -> dg.AssetCheckResult:
+    from attribution_pipeline.properties.registry import get_property
+    from attribution_pipeline.stages.base import _property_context
+
+    cfg, layout, store = pipeline.config(), pipeline.layout(), pipeline.store()
+    instruments = _property_context(cfg, layout)
+    keys = [c.key for c in _coalitions_to_check(context, pipeline)] + ["empty"]
+    df = store.utilities_for(keys, method=cfg.valuation.method)
+    rows = list(df.iter_rows(named=True)) if len(df) else []
+    rows += list(store.utilities_for(["empty"], method="sft").iter_rows(named=True)) if cfg.valuation.method != "sft" else []
+    bad = []
+    for r in rows:
+        if r["property"] not in cfg.valuation.properties:
+            continue
+        lo, hi = get_property(r["property"]).range_for(instruments)
+        if not (math.isfinite(r["value"]) and lo <= r["value"] <= hi):
+            bad.append(f"{r['coalition_key']}/{r['property']} = {r['value']:.6g} outside [{lo:.4g}, {hi:.4g}]")
+    return dg.AssetCheckResult(passed=not bad, metadata={"rows": len(rows), "out_of_range": "; ".join(bad[:20]) or "none"})
+
+
+ALL_CHECKS = [shapley_efficiency, plan_covers_contributors, utilities_are_finite, image_sets_are_valid,
+              utilities_in_valid_range]

@@ -24,7 +24,9 @@ class CoalitionPlanConfig(dg.Config):
     seed: Optional[int] = None  # design seed; None = the workdir's configuration
 
 
-@dg.asset(group_name=GROUP, deps=[contributors], code_version="1", kinds={"duckdb"})
+# after the pruned base: under the incremental policy the plan grows from the previous one only
+# when the base was kept (stages/revaluation.py), and it records the base it was made with
+@dg.asset(group_name=GROUP, deps=[contributors, pruned_base_model], code_version="1", kinds={"duckdb"})
 def coalition_plan(
     context: dg.AssetExecutionContext, config: CoalitionPlanConfig, pipeline: PipelineResource
 ) -> dg.MaterializeResult:

@@ -1,6 +1,8 @@
 """Assets up to the pruned base: contributors → full model → pruned base, and the property reference."""
 
 
+from typing import Optional
+
 import dagster as dg
 
 from attribution_pipeline import stages
@@ -9,24 +11,35 @@ from attribution_pipeline.defs.resources import PipelineResource
 GROUP = "models"
 
 
+class ContributorsConfig(dg.Config):
+    # {contributor: data_hash} validated by the CLI or the contributors sensor: only these folders are
+    # valued, each must still hash the same. None = validate the whole directory strictly now.
+    snapshot: Optional[dict[str, str]] = None
+
+
 @dg.asset(group_name=GROUP, code_version="1", kinds={"python", "duckdb"})
-def contributors(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+def contributors(context: dg.AssetExecutionContext, config: ContributorsConfig,
+                 pipeline: PipelineResource) -> dg.MaterializeResult:
     """Validated contributors: one folder each, images cached at the model's resolution.
 
-    Fails before anything is written when a file or folder is bad (the error names it).
+    Fails before anything is written when a file or folder is bad (the error names it). Rows of the
+    ``contributors`` table: duplicate images across contributors are flagged, a contributor whose
+    folder is gone gets ``removed_at``.
     """
+    from attribution_pipeline.stages.revaluation import register_contributors
+
     cfg, layout = pipeline.config(), pipeline.layout()
-    manifest = stages.prepare_contributors(cfg, layout, context.log.info)
-    rows = [{k: c[k] for k in ("contributor", "n_images", "data_hash", "n_skipped_files", "path")}
-            for c in manifest["contributors"]]
-    pipeline.store().upsert("contributors", rows)
-    table = "\n".join(f"| {r['contributor']} | {r['n_images']} | `{r['data_hash']}` |" for r in rows)
+    manifest = stages.prepare_contributors(cfg, layout, context.log.info, snapshot=config.snapshot)
+    rows = register_contributors(pipeline.store(), manifest)
+    table = "\n".join(f"| {r['contributor']} | {r['n_images']} | `{r['data_hash']}` | "
+                      f"{', '.join(r['duplicates_with']) or ''} |" for r in rows)
     return dg.MaterializeResult(
         metadata={
             "n_contributors": len(rows),
             "n_images": sum(r["n_images"] for r in rows),
             "contributors_dir": dg.MetadataValue.path(cfg.contributors_dir),
-            "contributors": dg.MetadataValue.md("| contributor | images | hash |\n|---|---|---|\n" + table),
+            "contributors": dg.MetadataValue.md("| contributor | images | hash | duplicates with |\n|---|---|---|---|\n"
+                                                + table),
         },
         data_version=dg.DataVersion(manifest["content_hash"]),
     )

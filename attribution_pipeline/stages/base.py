@@ -18,7 +18,14 @@ import torch
 
 from attribution_pipeline import versions
 from attribution_pipeline.config import PipelineConfig
-from attribution_pipeline.data.contributors import to_model_range
+from attribution_pipeline.data.contributors import (
+    MIN_CONTRIBUTORS,
+    ContributorValidationError,
+    duplicate_images,
+    scan_contributors,
+    shared_image_hashes,
+    to_model_range,
+)
 from attribution_pipeline.data.sources import discover_source, load_source_images
 from attribution_pipeline.layout import (
     RunLayout,
@@ -47,7 +54,8 @@ class StageResult:
 
 
 # ---- contributors ---------------------------------------------------------------------------
-def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> dict:
+def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet,
+                         snapshot: dict[str, str] | None = None) -> dict:
     """Validate the contributors directory and cache each contributor's images at model resolution.
 
     Returns the data manifest ``{"contributors": [{contributor, n_images, data_hash, ...}], ...}``.
@@ -55,11 +63,16 @@ def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _qui
     ContributorValidationError before anything is written when the data is bad. Latent model
     families also cache each contributor's latents here (``models/latents.py``); their hash joins
     the manifest's ``content_hash``.
+
+    snapshot: {contributor: data_hash} validated earlier (by the CLI or the sensor). Only those
+    contributors are valued, and each must still hash the same: a folder that appears, or changes,
+    while a run reads the directory joins the next round, never this one half-copied.
     """
     from attribution_pipeline.inputs import check_local_inputs
 
     check_local_inputs(cfg)
-    found = discover_source(cfg)
+    found = _validated(cfg, snapshot)
+    duplicates, shared = duplicate_images(found), shared_image_hashes(found)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = layout.data_dir / "manifest.json"
     old = {}
@@ -75,7 +88,12 @@ def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _qui
             "n_skipped_files": len(c.skipped),
             "path": str(c.path),
             "resolution": list(res),
+            "duplicates_with": duplicates.get(c.contributor, {}),
+            "n_duplicate_images": sum(h in shared for h in getattr(c, "file_hashes", ())),
         }
+        if entry["duplicates_with"]:
+            log(f"contributor {c.contributor} shares byte-identical images with {entry['duplicates_with']} "
+                "(kept in each; flagged in the contributors table)")
         prev = old.get(c.contributor)
         if not (prev and prev["data_hash"] == c.data_hash and prev.get("resolution") == list(res)
                 and layout.contributor_array(c.contributor).is_file()):
@@ -90,6 +108,28 @@ def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = _qui
     manifest = {"contributors": entries, "content_hash": signature(*parts)}
     atomic_write_json(manifest_path, manifest)
     return manifest
+
+
+def _validated(cfg: PipelineConfig, snapshot: dict[str, str] | None):
+    """The contributors to value: all of the source, or exactly ``snapshot`` (unchanged)."""
+    if snapshot is None:
+        return discover_source(cfg)
+    if cfg.data.source == "folders":  # validate only the snapshot's folders: others may be mid-upload
+        scan = scan_contributors(cfg.contributors_path, only=snapshot)
+        found, problems = scan.accepted, [p for ps in scan.rejected.values() for p in ps]
+    else:
+        found = [c for c in discover_source(cfg) if c.contributor in snapshot]
+        gone = sorted(set(snapshot) - {c.contributor for c in found})
+        problems = [f"{cfg.contributors_path}: contributor {g!r} is gone since it was validated" for g in gone]
+    problems += [f"{c.path}: contributor {c.contributor!r} changed since it was validated (data hash "
+                 f"{snapshot[c.contributor]} -> {c.data_hash}); the next round values its new content"
+                 for c in found if c.data_hash != snapshot[c.contributor]]
+    if not problems and len(found) < MIN_CONTRIBUTORS:
+        problems.append(f"{cfg.contributors_path}: {len(found)} contributor(s) registered; a valuation needs at "
+                        f"least {MIN_CONTRIBUTORS}")
+    if problems:
+        raise ContributorValidationError(cfg.contributors_path, problems)
+    return found
 
 
 def read_contributors(layout: RunLayout) -> dict:
@@ -126,23 +166,33 @@ def _progress(log: Log, what: str):
 
 def train_full_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> StageResult:
     """Step 1: train θ* on every contributor's images."""
+    from attribution_pipeline.stages.revaluation import base_decision, data_versions, full_model_signature
+
     data = read_contributors(layout)
-    sig = signature("full_model", cfg.model, cfg.train, data["content_hash"])
+    decision = base_decision(cfg, layout, data)
+    sig = full_model_signature(cfg, decision.data_hash)
     if current_signature(layout.full_model_dir) == sig:
         m = read_manifest(layout.full_model_dir)
-        return StageResult(m["content_hash"], True, 0.0, {"n_parameters": m["n_parameters"]})
+        if decision.data_hash != data["content_hash"]:
+            log(f"incremental: {decision.reason}; it predates {decision.new + decision.changed or 'no one'}")
+        return StageResult(m["content_hash"], True, 0.0, {"n_parameters": m["n_parameters"],
+                                                          "revaluation": decision.reason})
+    if decision.policy == "incremental":
+        log(f"incremental: {decision.reason}")
+    sig = full_model_signature(cfg, data["content_hash"])
     backend = get_backend(cfg)
-    data = backend.training_data(layout, contributor_ids(layout))
+    train_data = backend.training_data(layout, contributor_ids(layout))
     model = backend.build(seed=cfg.train.seed)
     t = cfg.train
     result = backend.train(
-        model, data, steps=t.steps, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
+        model, train_data, steps=t.steps, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
         warmup_steps=t.warmup_steps, ema="reset", ema_decay=t.ema_decay,
         progress=_progress(log, "full model"),
     )
     meta = {"inputs_signature": sig, "first_loss": result.first_loss, "final_loss": result.final_loss,
             "train_seconds": result.elapsed_s, "steps": t.steps, "device": str(backend.device),
-            "precision": backend.precision, **versions.snapshot()}
+            "precision": backend.precision, "trained_on": data_versions(data),
+            "data_content_hash": data["content_hash"], **versions.snapshot()}
     manifest = backend.save(result.model, layout.full_model_dir, meta)
     return StageResult(manifest["content_hash"], False, result.elapsed_s,
                        {"n_parameters": manifest["n_parameters"], "first_loss": result.first_loss,
@@ -151,12 +201,17 @@ def train_full_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) 
 
 def prune_base_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) -> StageResult:
     """Steps 2-3: prune θ* structurally, then fine-tune the pruned model on all data: θ̃*."""
+    from attribution_pipeline.stages.revaluation import base_decision, data_versions
+
     data = read_contributors(layout)
     full_hash = content_hash(layout.full_model_dir)
-    sig = signature("pruned_base", cfg.prune, cfg.model, full_hash, data["content_hash"])
+    decision = base_decision(cfg, layout, data)
+    sig = signature("pruned_base", cfg.prune, cfg.model, full_hash, decision.data_hash)
     if current_signature(layout.pruned_base_dir) == sig:
         m = read_manifest(layout.pruned_base_dir)
         return StageResult(m["content_hash"], True, 0.0, {k: m.get(k) for k in ("params_before", "params_after", "macs_before", "macs_after")})
+    # rebuilt: fine-tuned on the current data, so signed with it (under either policy)
+    sig = signature("pruned_base", cfg.prune, cfg.model, full_hash, data["content_hash"])
     start = time.perf_counter()
     backend = get_backend(cfg)
     train_data = backend.training_data(layout, contributor_ids(layout))
@@ -171,7 +226,7 @@ def prune_base_model(cfg: PipelineConfig, layout: RunLayout, log: Log = _quiet) 
     meta = {"inputs_signature": sig, "params_before": report.params_before, "params_after": report.params_after,
             "macs_before": report.macs_before, "macs_after": report.macs_after, "ratio": p.ratio,
             "importance": p.importance, "finetune_seconds": result.elapsed_s, "final_loss": result.final_loss,
-            **versions.snapshot()}
+            "trained_on": data_versions(data), "data_content_hash": data["content_hash"], **versions.snapshot()}
     m = backend.save(result.model, layout.pruned_base_dir, meta, pruned=True, report=report)
     return StageResult(m["content_hash"], False, elapsed, {k: meta[k] for k in ("params_before", "params_after", "macs_before", "macs_after", "final_loss")})
 

@@ -31,6 +31,7 @@ class Plan:
     seed: int
     design: str
     coalitions: list[Coalition]  # the full coalition first, then the design's draws in order
+    base_version: str | None = None  # the pruned base the plan was made with (incremental plans grow from it)
 
     @property
     def content_hash(self) -> str:
@@ -51,18 +52,25 @@ def plan_coalitions(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
     seed = cfg.valuation.seed if seed is None else int(seed)
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    ids = [c["contributor"] for c in read_contributors(layout)["contributors"]]
-    n = len(ids)
-    design = CoalitionDesign(n_players=n, seed=seed)
-    masks = design.take(budget) if budget > 0 else np.zeros((0, n), dtype=bool)
-    full = make_coalition(ids, "full", 0)
-    sampled = masks_to_coalitions(masks, ids, start_index=1)
-    plan = Plan(ids, budget, seed, getattr(design, "design", "paired-kernel"), [full, *sampled])
+    from attribution_pipeline.stages.revaluation import plan_incremental
+
+    # the incremental policy grows the previous plan instead (see stages/revaluation.py)
+    plan = plan_incremental(cfg, layout, budget, seed) if cfg.revaluation.policy == "incremental" else None
+    if plan is None:
+        ids = [c["contributor"] for c in read_contributors(layout)["contributors"]]
+        n = len(ids)
+        design = CoalitionDesign(n_players=n, seed=seed)
+        masks = design.take(budget) if budget > 0 else np.zeros((0, n), dtype=bool)
+        full = make_coalition(ids, "full", 0)
+        sampled = masks_to_coalitions(masks, ids, start_index=1)
+        plan = Plan(ids, budget, seed, getattr(design, "design", "paired-kernel"), [full, *sampled])
+    plan.base_version = content_hash(layout.pruned_base_dir) if (layout.pruned_base_dir / "manifest.json").is_file() else None
     unique = {c.key: c for c in reversed(plan.coalitions)}  # first occurrence wins
     rows = [c.as_row() for c in unique.values()] + [make_coalition([], "empty", -1).as_row()]
     store.upsert("coalitions", rows)
     atomic_write_json(layout.workdir / "plan.json", {
-        "contributors": ids, "budget": budget, "seed": seed, "design": plan.design,
+        "contributors": plan.contributors, "budget": plan.budget, "seed": seed, "design": plan.design,
+        "base_version": plan.base_version,
         "coalitions": [{"key": c.key, "members": list(c.members), "kind": c.kind} for c in plan.coalitions],
     })
     return plan
@@ -74,7 +82,7 @@ def read_plan(layout: RunLayout) -> Plan:
         raise FileNotFoundError(f"{path} is missing: materialize the `coalition_plan` asset first")
     d = json.loads(path.read_text())
     coalitions = [make_coalition(c["members"], c["kind"], i) for i, c in enumerate(d["coalitions"])]
-    return Plan(d["contributors"], d["budget"], d["seed"], d["design"], coalitions)
+    return Plan(d["contributors"], d["budget"], d["seed"], d["design"], coalitions, d.get("base_version"))
 
 
 def coalitions_by_key(store: ResultStore, keys: list[str]) -> dict[str, Coalition]:
@@ -115,11 +123,12 @@ def _generate_and_save(cfg: PipelineConfig, model, folder, sig: str, log: Log) -
 
 def _utility_rows(cfg: PipelineConfig, key: str, utilities: dict[str, float], method: str, seed: int,
                   elapsed: float, base_version: str | None, n_images: int,
-                  inputs_signature: str | None = None) -> list[dict]:
+                  inputs_signature: str | None = None, base_predates: list[str] | None = None) -> list[dict]:
     backend = get_backend(cfg)
     return [{"coalition_key": key, "property": p, "value": float(v), "method": method, "seed": seed,
              "elapsed_s": elapsed, "base_version": base_version, "n_images": n_images,
-             "device": str(backend.device), "precision": backend.precision, "inputs_signature": inputs_signature}
+             "device": str(backend.device), "precision": backend.precision, "inputs_signature": inputs_signature,
+             "base_predates": base_predates}
             for p, v in utilities.items()]
 
 
@@ -227,8 +236,11 @@ def evaluate_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStor
     utilities = _score(cfg, layout, load_image_set(images_dir))
     score_s = time.perf_counter() - t0
     total = ckpt.elapsed_s + img.elapsed_s + score_s
+    from attribution_pipeline.stages.revaluation import members_base_predates
+
     store.upsert("utilities", _utility_rows(cfg, coalition.key, utilities, method, spec.seed, total,
-                                            spec.base_version, img.metadata["n_images"], spec.utility_signature))
+                                            spec.base_version, img.metadata["n_images"], spec.utility_signature,
+                                            members_base_predates(layout, coalition.members, method)))
     return CoalitionOutcome(coalition, ckpt, img, utilities, time.perf_counter() - start,
                             {"score_s": score_s, "method": method, "seed": spec.seed, "images_dir": str(images_dir)})
 

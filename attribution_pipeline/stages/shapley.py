@@ -14,6 +14,7 @@ from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.layout import RunLayout, content_hash, signature
 from attribution_pipeline.stages.base import Log, _quiet, read_contributors
 from attribution_pipeline.stages.coalitions import FT, SFT, coalitions_by_key, read_plan, utility_spec
+from attribution_pipeline.stages.revaluation import round_lineage
 from attribution_pipeline.storage.results import ResultStore
 
 
@@ -50,6 +51,41 @@ def method_utilities(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
     return {k: float(np.mean(list(v.values()))) for k, v in by.items() if set(v) == seeds and k[1] in properties}
 
 
+@dataclass
+class Pool:
+    """The current plan's utilities by one method: what a valuation round would be fitted on."""
+
+    plan: object
+    full: object
+    sampled: list
+    have: dict  # {(coalition_key, property): utility}
+    missing: list[str]  # coalition keys (∅ included) lacking a current utility
+    round_id: str | None  # the id the round will have; None while utilities are missing
+
+
+def gather_pool(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, method: str | None = None) -> Pool:
+    """Read the plan and its current utilities; raises when the plan is stale (contributors changed)."""
+    method = method or cfg.valuation.method
+    plan = read_plan(layout)
+    current = [c["contributor"] for c in read_contributors(layout)["contributors"]]
+    if current != plan.contributors:
+        raise RuntimeError("the contributors changed since the coalition plan was made; "
+                           "materialize `coalition_plan` (and the new coalition partitions) first")
+    full, sampled = plan.coalitions[0], plan.coalitions[1:]
+    keys = sorted({c.key for c in plan.coalitions})
+    properties = list(cfg.valuation.properties)
+    have = method_utilities(cfg, layout, store, keys, properties, method)
+    # v(∅) is the untrained model's, the same for every method
+    empty = store.utilities_for([EMPTY_KEY], method=SFT)
+    for r in empty.iter_rows(named=True) if len(empty) else []:
+        if r["seed"] == cfg.finetune.seed:
+            have[(EMPTY_KEY, r["property"])] = r["value"]
+    missing = sorted({k for k in [*keys, EMPTY_KEY] for p in properties if (k, p) not in have})
+    round_id = None if missing else "r-" + signature(plan.content_hash, sorted(have.items()), cfg.valuation.estimator,
+                                                     cfg.valuation.seed, method)
+    return Pool(plan, full, sampled, have, missing, round_id)
+
+
 def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = _quiet,
                     method: str | None = None) -> ShapleyOutcome:
     """Estimate values per property with every applicable estimator over one shared pool.
@@ -61,33 +97,20 @@ def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, 
     from attribution_pipeline.valuation import applicable_methods, estimate
 
     method = method or cfg.valuation.method
-    plan = read_plan(layout)
-    current = [c["contributor"] for c in read_contributors(layout)["contributors"]]
-    if current != plan.contributors:
-        raise RuntimeError("the contributors changed since the coalition plan was made; "
-                           "materialize `coalition_plan` (and the new coalition partitions) first")
-    full, sampled = plan.coalitions[0], plan.coalitions[1:]
+    pool = gather_pool(cfg, layout, store, method)
+    plan, full, sampled, have, round_id = pool.plan, pool.full, pool.sampled, pool.have, pool.round_id
     if not sampled:
         raise ValueError("the plan has no coalition besides the full one: raise the budget (--budget)")
-    keys = sorted({c.key for c in plan.coalitions})
-    properties = list(cfg.valuation.properties)
-    have = method_utilities(cfg, layout, store, keys, properties, method)
-    # v(∅) is the untrained model's, the same for every method
-    empty = store.utilities_for([EMPTY_KEY], method=SFT)
-    for r in empty.iter_rows(named=True) if len(empty) else []:
-        if r["seed"] == cfg.finetune.seed:
-            have[(EMPTY_KEY, r["property"])] = r["value"]
-    missing = sorted({k for k in [*keys, EMPTY_KEY] for p in properties if (k, p) not in have})
-    if missing:
+    if pool.missing:
+        missing = pool.missing
         raise MissingUtilitiesError(
             f"{len(missing)} coalition(s) have no {method} utility yet: {missing[:8]}{'…' if len(missing) > 8 else ''}; "
             "materialize their coalition partitions (or empty_coalition_utilities) first")
+    properties = list(cfg.valuation.properties)
     masks = coalitions_to_masks([c.members for c in sampled], plan.contributors)
     n = len(plan.contributors)
     base_version = {SFT: lambda: content_hash(layout.pruned_base_dir),
                     FT: lambda: content_hash(layout.full_model_dir)}.get(method, lambda: None)()
-    round_id = "r-" + signature(plan.content_hash, sorted(have.items()), cfg.valuation.estimator,
-                               cfg.valuation.seed, method)
     exists = store.query("SELECT count(*) AS n FROM valuation_rounds WHERE round_id = ?", [round_id])["n"][0]
     if exists:
         rows = store.query("SELECT * FROM shapley_values WHERE round_id = ?", [round_id]).to_dicts()
@@ -130,6 +153,8 @@ def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, 
         "round_id": round_id, "computed_at": now, "contributors": plan.contributors, "budget": plan.budget,
         "n_coalitions": len(sampled), "base_version": base_version, "default_estimator": cfg.valuation.estimator,
         "seed": cfg.valuation.seed, "versions": json.dumps(versions.snapshot()), "method": method,
+        "estimator": next((r["estimator"] for r in rows if r["is_default"]), None),
+        **round_lineage(cfg, layout, plan.contributors),
     }])
     for w in warnings:
         log(f"warning: {w}")

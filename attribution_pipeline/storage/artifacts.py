@@ -8,6 +8,7 @@ looks finished. The manifest's ``content_hash`` is the artifact's data version.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -82,16 +83,32 @@ def atomic_folder(final: Path, metadata: dict[str, Any] | None = None) -> Iterat
             **(metadata or {}),
         }
         atomic_write_json(tmp / MANIFEST, manifest)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        _swap_into_place(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_into_place(tmp: Path, final: Path, attempts: int = 20) -> None:
+    """Rename the complete ``tmp`` onto ``final``. Two processes may finish the same artifact at
+    once (a coalition launched from the UI and by the sensor): a rename onto a directory that the
+    other one just put in place fails, so move it aside and try again; the last writer wins."""
+    for attempt in range(attempts):
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{attempt}")
+        try:
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        except (FileNotFoundError, OSError) as exc:
+            # what we moved aside is stale: the other writer's complete artifact is in place now
+            shutil.rmtree(old, ignore_errors=True)
+            if isinstance(exc, FileNotFoundError) or exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                if attempt < attempts - 1:
+                    time.sleep(0.01 * (attempt + 1))
+                    continue
+            raise
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

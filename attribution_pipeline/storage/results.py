@@ -10,6 +10,9 @@ An external reader holding the file (an analyst's session) is waited for with ba
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -124,9 +127,28 @@ SCHEMA = [
         computed_at TIMESTAMP NOT NULL,
         PRIMARY KEY (round_id, property, scenario, ranking, repeat)
     )""",
+    # re-valuation (stages/revaluation.py): which contributors a utility's or a round's base never saw,
+    # the policy and the estimator a round used, and contributors' duplicate images and removal
+    "ALTER TABLE utilities ADD COLUMN IF NOT EXISTS base_predates VARCHAR[]",
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS policy VARCHAR",
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS estimator VARCHAR",
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS base_trained_on VARCHAR[]",
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS base_predates VARCHAR[]",
+    "ALTER TABLE contributors ADD COLUMN IF NOT EXISTS n_duplicate_images INTEGER DEFAULT 0",
+    "ALTER TABLE contributors ADD COLUMN IF NOT EXISTS duplicates_with VARCHAR[]",
+    "ALTER TABLE contributors ADD COLUMN IF NOT EXISTS removed_at TIMESTAMP",
     """CREATE OR REPLACE VIEW latest_shapley_values AS
         SELECT s.* FROM shapley_values s
         WHERE s.round_id = (SELECT round_id FROM valuation_rounds ORDER BY computed_at DESC LIMIT 1)""",
+    # every round's default-estimator value of every contributor beside the previous round's: how
+    # each contributor's value moved as contributors arrived, changed or left
+    """CREATE OR REPLACE VIEW shapley_history AS
+        SELECT r.computed_at, s.round_id, r.policy, len(r.contributors) AS n_contributors, r.base_predates,
+               s.property, s.contributor, s.value, s.rank,
+               s.value - lag(s.value) OVER w AS change, s.rank - lag(s.rank) OVER w AS rank_change
+        FROM shapley_values s JOIN valuation_rounds r USING (round_id)
+        WHERE s.is_default
+        WINDOW w AS (PARTITION BY s.property, s.contributor, coalesce(s.method, 'sft') ORDER BY r.computed_at)""",
 ]
 
 TABLE_KEYS = {
@@ -140,14 +162,54 @@ TABLE_KEYS = {
 }
 
 
-class ResultStore:
-    """All reads and writes of ``<workdir>/attribution.duckdb``."""
+def published_path(path: str | Path) -> Path:
+    """The read-only copy of a database: ``attribution.duckdb`` → ``attribution_published.duckdb``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_published{path.suffix}")
 
-    def __init__(self, path: str | Path, lock_timeout_s: float = 600.0):
+
+class ResultStore:
+    """All reads and writes of ``<workdir>/attribution.duckdb``.
+
+    After every write the database is also *published*: checkpointed, copied to a temporary file
+    and renamed onto ``attribution_published.duckdb``. An analyst opens that copy read-only
+    (``duckdb.connect(path, read_only=True)`` or ``attribution-pipeline query --published``) for as
+    long as they like: the rename never waits for them and they never block a writer; reconnect to
+    see newer results.
+    """
+
+    def __init__(self, path: str | Path, lock_timeout_s: float = 600.0, publish: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
         self._schema_ready = False
+        self.publish_enabled = publish
+
+    @property
+    def published(self) -> Path:
+        return published_path(self.path)
+
+    def publish(self) -> Path:
+        """Refresh the published read-only copy atomically (copy to a temporary name, then rename)."""
+        with self._lock:
+            con = self._open_with_backoff()
+            try:
+                if not self._schema_ready:
+                    for stmt in SCHEMA:
+                        con.execute(stmt)
+                    self._schema_ready = True
+                con.execute("CHECKPOINT")  # everything in the main file, nothing left in the WAL
+            finally:
+                con.close()
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.published.name}.tmp-", dir=self.path.parent)
+            os.close(fd)
+            try:
+                shutil.copyfile(self.path, tmp)
+                os.replace(tmp, self.published)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return self.published
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -200,11 +262,19 @@ class ResultStore:
                 raise
             finally:
                 con.unregister("incoming")
+        if self.publish_enabled:
+            self.publish()
         return len(rows)
 
     def delete_where(self, table: str, where: str, params: Sequence[Any] = ()) -> None:
+        self.execute(f"DELETE FROM {table} WHERE {where}", params)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One write statement (UPDATE, DELETE); published afterwards like an upsert."""
         with self.connect() as con:
-            con.execute(f"DELETE FROM {table} WHERE {where}", list(params))
+            con.execute(sql, list(params))
+        if self.publish_enabled:
+            self.publish()
 
     # ---- reads --------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:

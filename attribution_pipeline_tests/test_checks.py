@@ -1,0 +1,104 @@
+"""Each asset check passes on a real valuation and fails on a crafted bad input."""
+
+import json
+import math
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from attribution_pipeline.data.imagesets import save_image_set
+from attribution_pipeline.defs.build import build_definitions
+from attribution_pipeline.layout import RunLayout
+from attribution_pipeline.runner import run_valuation
+from attribution_pipeline.stages import read_plan
+from attribution_pipeline.storage.results import ResultStore
+
+ASSETS = ("coalition_plan", "coalition_images", "coalition_utilities", "shapley_values", "empty_coalition_utilities")
+
+
+@pytest.fixture(scope="module")
+def valued(tmp_path_factory):
+    from attribution_pipeline.config import PipelineConfig, load_preset
+    from attribution_pipeline_tests.conftest import TINY_OVERRIDES, write_digit_contributors
+
+    tmp = tmp_path_factory.mktemp("checks")
+    cfg = (PipelineConfig().override(load_preset("digits")).override(TINY_OVERRIDES)
+           .override({"contributors_dir": str(write_digit_contributors(tmp / "c")), "workdir": str(tmp / "work"),
+                      "valuation": {"budget": 6}}))
+    assert run_valuation(cfg, quiet=True) == 0
+    return cfg
+
+
+def _checks(cfg) -> dict[str, bool]:
+    layout = RunLayout.at(cfg.workdir)
+    defs = build_definitions(str(layout.workdir))
+    job = dg.define_asset_job("only_checks", selection=dg.AssetSelection.checks_for_assets(*ASSETS))
+    defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job], resources=defs.resources)
+    instance = dg.DagsterInstance.from_config(str(layout.dagster_home))
+    result = defs.resolve_job_def("only_checks").execute_in_process(instance=instance, raise_on_error=False)
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+ALL_PASS = {"plan_covers_contributors": True, "image_sets_are_valid": True, "utilities_in_valid_range": True,
+            "shapley_efficiency": True, "utilities_are_finite": True}
+
+
+def test_every_check_passes_on_a_valuation(valued):
+    assert _checks(valued) == ALL_PASS
+
+
+def test_image_set_with_wrong_count_or_constant_images_fails(valued):
+    layout = RunLayout.at(valued.workdir)
+    folder = layout.coalition_images_dir(read_plan(layout).coalitions[1].key)
+    good = np.load(folder / "images.npy")
+    try:
+        bad = good[:-3].copy()
+        bad[0] = 17  # a constant image
+        save_image_set(bad, folder, json.loads((folder / "manifest.json").read_text()) | {"n_images": len(bad)})
+        assert _checks(valued) == {**ALL_PASS, "image_sets_are_valid": False}
+    finally:
+        save_image_set(good, folder)
+    assert _checks(valued)["image_sets_are_valid"]
+
+
+@pytest.mark.parametrize("prop,value", [("diversity", math.log2(3) + 0.5), ("quality", 4.0), ("diversity", -0.1)])
+def test_utility_outside_its_property_range_fails(valued, prop, value):
+    layout = RunLayout.at(valued.workdir)
+    store = ResultStore(layout.database)
+    key = read_plan(layout).coalitions[2].key
+    row = store.query("SELECT * FROM utilities WHERE coalition_key = ? AND property = ? AND method = 'sft'",
+                      [key, prop]).row(0, named=True)
+    try:
+        store.upsert("utilities", [{**row, "value": value}])
+        assert _checks(valued) == {**ALL_PASS, "utilities_in_valid_range": False}
+    finally:
+        store.upsert("utilities", [row])
+
+
+def test_plan_where_a_contributor_is_never_left_out_fails(valued):
+    layout = RunLayout.at(valued.workdir)
+    path = layout.workdir / "plan.json"
+    original = path.read_text()
+    plan = json.loads(original)
+    try:
+        plan["coalitions"] = [c for c in plan["coalitions"] if "digit_0" in c["members"]]
+        path.write_text(json.dumps(plan))
+        assert _checks(valued)["plan_covers_contributors"] is False
+    finally:
+        path.write_text(original)
+
+
+def test_non_finite_utility_and_broken_efficiency_fail(valued):
+    layout = RunLayout.at(valued.workdir)
+    store = ResultStore(layout.database)
+    row = store.query("SELECT * FROM shapley_values WHERE is_default LIMIT 1").row(0, named=True)
+    try:
+        store.upsert("shapley_values", [{**row, "value": row["value"] + 1.0}])
+        store.upsert("utilities", [{"coalition_key": "c-bogus", "property": "quality", "value": float("inf"),
+                                    "method": "sft", "seed": 0, "elapsed_s": 0.0}])
+        got = _checks(valued)
+        assert got["shapley_efficiency"] is False and got["utilities_are_finite"] is False
+    finally:
+        store.upsert("shapley_values", [row])
+        store.delete_where("utilities", "coalition_key = 'c-bogus'")
