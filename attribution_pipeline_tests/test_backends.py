@@ -10,7 +10,8 @@ import torch
 
 from attribution_pipeline.config import PipelineConfig, PruneConfig
 from attribution_pipeline.layout import RunLayout
-from attribution_pipeline.models.backends import Data, get_backend
+from attribution_pipeline.models.backends import Data
+from attribution_pipeline.models.registry import get_backend
 from attribution_pipeline.models.latents import latents_dir
 from attribution_pipeline.models.sd_lora import ADAPTER, choose_kept_ranks, lora_layers
 from attribution_pipeline.stages import prepare_contributors

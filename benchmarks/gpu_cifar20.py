@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from attribution_pipeline.config import PipelineConfig, load_preset  # noqa: E402
-from attribution_pipeline.models.backends import Data, get_backend  # noqa: E402
+from attribution_pipeline.models.backends import Data
+from attribution_pipeline.models.registry import get_backend  # noqa: E402
 from attribution_pipeline.models.unet import count_parameters  # noqa: E402
 
 TARGET_S = 120.0  # per coalition on one H200

@@ -186,29 +186,3 @@ class LDMBackend(DDPMBackend):
         if m.channels == 1:
             images = images.mean(dim=1, keepdim=True)
         return images
-
-
-_CACHE: dict[tuple, DDPMBackend] = {}
-
-
-def get_backend(cfg: PipelineConfig) -> DDPMBackend:
-    """The backend of ``cfg.model.family`` (one per model and hardware configuration per process,
-    so frozen components such as a Stable Diffusion text encoder are loaded once)."""
-    key = (repr(cfg.model), repr(cfg.hardware))
-    if key not in _CACHE:
-        family = cfg.model.family
-        if family == "ddpm":
-            backend = DDPMBackend(cfg)
-        elif family == "ldm":
-            backend = LDMBackend(cfg)
-        elif family == "sd_lora":
-            from attribution_pipeline.models.sd_lora import SDLoRABackend
-
-            backend = SDLoRABackend(cfg)
-        else:
-            raise ValueError(f"unknown model.family {family!r}")
-        _CACHE.clear()  # one live configuration at a time: frees a previous family's weights
-        _CACHE[key] = backend
-    backend = _CACHE[key]
-    backend.cfg = cfg  # same model and hardware; other sections (steps, seeds) may differ
-    return backend

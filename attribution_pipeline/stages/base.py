@@ -33,7 +33,7 @@ from attribution_pipeline.layout import (
     current_signature,
     signature,
 )
-from attribution_pipeline.models.backends import get_backend
+from attribution_pipeline.models.registry import get_backend
 from attribution_pipeline.storage.artifacts import atomic_write_json, read_manifest
 
 Log = Callable[[str], None]

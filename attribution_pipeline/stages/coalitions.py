@@ -13,7 +13,7 @@ from attribution_pipeline.coalitions import EMPTY_KEY, Coalition, make_coalition
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.data.imagesets import GRID_FILE, load_image_set, save_image_set
 from attribution_pipeline.layout import RunLayout, content_hash, current_signature, signature
-from attribution_pipeline.models.backends import get_backend
+from attribution_pipeline.models.registry import get_backend
 from attribution_pipeline.stages.base import (
     Log, StageResult, _progress, _quiet, _score, read_contributors,
 )
