@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from attribution_pipeline.config import PipelineConfig, load_preset  # noqa: E402
-from attribution_pipeline.models.backends import Data
+from attribution_pipeline.models.backends import Data  # noqa: E402
 from attribution_pipeline.models.registry import get_backend  # noqa: E402
 from attribution_pipeline.models.unet import count_parameters  # noqa: E402
 
