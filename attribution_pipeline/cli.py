@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         return run_valuation(cfg, quiet=args.quiet)
     if args.command == "evaluate":
-        from attribution_pipeline.defs.resources import read_pipeline_config
+        from attribution_pipeline.workdir import read_pipeline_config
         from attribution_pipeline.runner import run_evaluation
 
         try:
@@ -181,16 +181,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(ResultStore(db).query(args.sql))
         return 0
     if args.command == "ui":
-        from attribution_pipeline.runner import prepare_dagster_home
+        from attribution_pipeline.workdir import WORKDIR_ENV, prepare_dagster_home
 
         home = prepare_dagster_home(Path(args.workdir))
-        env = {**os.environ, "DAGSTER_HOME": str(home), "ATTRIBUTION_PIPELINE_WORKDIR": str(Path(args.workdir).resolve())}
+        env = {**os.environ, "DAGSTER_HOME": str(home), WORKDIR_ENV: str(Path(args.workdir).resolve())}
         repo = Path(__file__).resolve().parent.parent
         # the dagster beside this interpreter, so `.venv/bin/attribution-pipeline ui` works unactivated
         dagster = Path(sys.executable).parent / "dagster"
         cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-w", str(repo / "workspace.yaml"),
                "-p", str(args.port)]
-        print(f"DAGSTER_HOME={home} ATTRIBUTION_PIPELINE_WORKDIR={env['ATTRIBUTION_PIPELINE_WORKDIR']} {' '.join(cmd)}")
+        print(f"DAGSTER_HOME={home} {WORKDIR_ENV}={env[WORKDIR_ENV]} {' '.join(cmd)}")
         os.chdir(repo)
         os.execvpe(cmd[0], cmd, env)
     if args.command == "init-data":

@@ -19,20 +19,7 @@ from attribution_pipeline.data.sources import discover_source
 from attribution_pipeline.inputs import MissingInputError, absolute_paths, check_local_inputs
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.storage.artifacts import atomic_write_bytes
-
-DAGSTER_YAML = """# Written by attribution-pipeline: a local instance for this work directory.
-telemetry:
-  enabled: false
-"""
-
-
-def prepare_dagster_home(workdir: Path) -> Path:
-    home = RunLayout.at(workdir).dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").is_file():
-        atomic_write_bytes(home / "dagster.yaml", DAGSTER_YAML.encode())
-    return home
-
+from attribution_pipeline.workdir import prepare_dagster_home
 
 def missing_coalitions(cfg: PipelineConfig, layout: RunLayout, method: str | None = None) -> list[str]:
     """Planned coalition keys that lack a current utility by ``method`` (every seed, every property)."""

@@ -109,7 +109,7 @@ def _materialize_partition(workdir: str, key: str, queue) -> None:
 
 def test_four_coalitions_in_parallel_lose_no_rows_and_hit_no_lock(tiny_config):
     from attribution_pipeline.defs.build import build_definitions
-    from attribution_pipeline.runner import prepare_dagster_home
+    from attribution_pipeline.workdir import prepare_dagster_home
     from attribution_pipeline.storage.artifacts import atomic_write_bytes
 
     cfg = tiny_config.override({"valuation": {"budget": 6}})

@@ -5,7 +5,8 @@ import dagster as dg
 
 from attribution_pipeline.defs import (checks, coalition_assets, evaluation_assets, model_assets, schedules, sensors,
                                        valuation_assets)
-from attribution_pipeline.defs.resources import PipelineResource, default_workdir, read_pipeline_config
+from attribution_pipeline.defs.resources import PipelineResource
+from attribution_pipeline.workdir import default_workdir, read_pipeline_config
 
 ALL_ASSETS = [
     model_assets.contributors,

@@ -6,30 +6,12 @@ Without that file the preset's defaults apply.
 """
 
 
-import json
-import os
-from pathlib import Path
-
 import dagster as dg
 
-from attribution_pipeline.config import DEFAULT_DATA_DIR, PipelineConfig, load_preset
+from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.storage.results import ResultStore
-
-WORKDIR_ENV = "ATTRIBUTION_PIPELINE_WORKDIR"
-
-
-def default_workdir() -> str:
-    return os.environ.get(WORKDIR_ENV, str(DEFAULT_DATA_DIR / "runs" / "default"))
-
-
-def read_pipeline_config(workdir: str | Path) -> PipelineConfig:
-    layout = RunLayout.at(workdir)
-    if layout.config_file.is_file():
-        cfg = PipelineConfig.from_dict(json.loads(layout.config_file.read_text()))
-    else:
-        cfg = PipelineConfig().override(load_preset("digits"))
-    return cfg.override({"workdir": str(layout.workdir)})
+from attribution_pipeline.workdir import read_pipeline_config
 
 
 class PipelineResource(dg.ConfigurableResource):
