@@ -1,9 +1,11 @@
-"""Drive a whole valuation through Dagster, in this process, on a persistent instance.
+"""The CLI's launcher: carry a valuation round through Dagster, in this process, on the work
+directory's persistent instance (``<workdir>/dagster_home``, so ``dagster dev`` lists these runs).
 
-The CLI and the tests call ``run_valuation``. It materializes the same assets the UI shows, in
-the instance under ``<workdir>/dagster_home``, so ``dagster dev`` on that home lists these runs.
-Coalition partitions go in runs of several partitions each, all in this one process: the torch
-import and model set-up are paid once, not per coalition.
+It decides nothing: it asks the round's decision function (``stages.round.next_step``), runs the
+requests ``defs/requests.py`` builds for that step (the same the contributors sensor launches), and
+repeats until the round is up to date. Coalition partitions go in runs of several partitions each:
+the torch import and model set-up are paid once per run, not per coalition. This is the one module
+outside ``defs/`` that imports Dagster.
 """
 
 from __future__ import annotations
@@ -11,107 +13,69 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
+
+import dagster as dg
+import polars as pl
 
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.data.contributors import ContributorValidationError
-from attribution_pipeline.data.sources import discover_source
-from attribution_pipeline.inputs import MissingInputError, absolute_paths, check_local_inputs
+from attribution_pipeline.defs.build import build_definitions
+from attribution_pipeline.defs.jobs import EVALUATION_JOB
+from attribution_pipeline.defs.partitions import coalition_partitions
+from attribution_pipeline.defs.requests import step_requests
+from attribution_pipeline.inputs import MissingInputError, absolute_paths
 from attribution_pipeline.layout import RunLayout
-from attribution_pipeline.storage.artifacts import atomic_write_bytes
-from attribution_pipeline.workdir import prepare_dagster_home
+from attribution_pipeline.report import print_table
+from attribution_pipeline.stages import budget_problem, next_step, take_snapshot
+from attribution_pipeline.storage.results import ResultStore
+from attribution_pipeline.workdir import prepare_dagster_home, write_pipeline_config
 
-def missing_coalitions(cfg: PipelineConfig, layout: RunLayout, method: str | None = None) -> list[str]:
-    """Planned coalition keys that lack a current utility by ``method`` (every seed, every property)."""
-    from attribution_pipeline.stages import read_plan
-    from attribution_pipeline.stages.shapley import method_utilities
-    from attribution_pipeline.storage.results import ResultStore
-
-    method = method or cfg.valuation.method
-    plan = read_plan(layout)
-    keys = list(dict.fromkeys(c.key for c in plan.coalitions))
-    properties = list(cfg.valuation.properties)
-    have = method_utilities(cfg, layout, ResultStore(layout.database), keys, properties, method)
-    return [k for k in keys if not all((k, p) in have for p in properties)]
+MAX_STEPS = 12  # a round is base → coalitions → shapley; more means a step made no progress
 
 
-def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) -> list[tuple[str, str, int]]:
-    """Group missing keys into (first, last, count) ranges contiguous in the partition order,
-    each of at most ``per_run`` keys."""
-    position = {k: i for i, k in enumerate(ordered_keys)}
-    idx = sorted(position[k] for k in missing)
-    runs, start, prev, count = [], None, -1, 0
-    for i in idx:
-        if start is None:
-            start, count = i, 1
-        elif i == prev + 1 and count < per_run:
-            count += 1
-        else:
-            runs.append((ordered_keys[start], ordered_keys[prev], count))
-            start, count = i, 1
-        prev = i
-    if start is not None:
-        runs.append((ordered_keys[start], ordered_keys[prev], count))
-    return runs
+@dataclass
+class Work:
+    """What this process computed for coalitions (cached steps are counted, not timed)."""
+
+    coalitions: int = 0
+    trained: int = 0
+    generated: int = 0
+    seconds: dict = field(default_factory=lambda: {"finetune_s": 0.0, "generate_s": 0.0, "score_s": 0.0})
+
+    def add(self, result) -> None:
+        for event in result.get_asset_materialization_events():
+            m = {k: v.value for k, v in event.materialization.metadata.items()}
+            name = event.materialization.asset_key.path[-1]
+            self.coalitions += name == "coalition_utilities"
+            self.trained += int(m.get("trained", 0)) if name == "coalition_checkpoint" else 0
+            self.generated += int(m.get("generated", 0)) if name == "coalition_images" else 0
+            for k in self.seconds:
+                self.seconds[k] += float(m.get(k, 0.0))
+
+    def summary(self, wall: float) -> str:
+        work = sum(self.seconds.values())
+        overhead = f"{(wall - work) / work * 100:.1f}%" if work > 0 else "n/a"
+        return (f"coalitions: {self.coalitions} measured, {self.trained} model(s) trained "
+                f"({self.seconds['finetune_s']:.1f}s), {self.generated} image set(s) generated "
+                f"({self.seconds['generate_s']:.1f}s), scoring {self.seconds['score_s']:.1f}s; "
+                f"{self.coalitions - self.trained} read their model from cache; wall {wall:.1f}s, "
+                f"orchestration overhead {overhead} of this run's work")
 
 
-def _lenient_scan(cfg: PipelineConfig, out) -> list:
-    from attribution_pipeline.data.contributors import MIN_CONTRIBUTORS, scan_contributors
+class Launcher:
+    """Runs Dagster jobs in this process on the work directory's instance, reporting failures."""
 
-    scan = scan_contributors(cfg.contributors_path)
-    for name, problems in scan.rejected.items():
-        print(f"warning: contributor folder {name!r} left out of this round: " + "; ".join(problems), file=out)
-    if len(scan.accepted) < MIN_CONTRIBUTORS:
-        raise ContributorValidationError(scan.root, [f"{scan.root}: {len(scan.accepted)} valid contributor(s); "
-                                                     f"a valuation needs at least {MIN_CONTRIBUTORS}"])
-    return scan.accepted
+    def __init__(self, workdir, quiet: bool):
+        self.instance = dg.DagsterInstance.from_config(str(prepare_dagster_home(workdir)))
+        self.defs = build_definitions(str(workdir))
+        self.log_cfg = {"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}}
+        logging.getLogger("dagster").setLevel(logging.WARNING)
 
-
-def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, lenient: bool = False) -> int:
-    """Value the contributors of ``cfg``; print the table; return a process exit code.
-
-    lenient: value the folders that validate and leave out the others, with their reasons (the
-    scheduled re-valuation); by default any bad folder stops the run before anything is written.
-    """
-    import dagster as dg
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
-    from attribution_pipeline.defs.build import build_definitions
-    from attribution_pipeline.defs.partitions import coalition_partitions
-    from attribution_pipeline.report import print_table
-
-    def say(msg: str) -> None:
-        if not quiet:
-            print(msg, file=out, flush=True)
-
-    t_start = time.perf_counter()
-    try:  # validate before anything is written: every configured local file, then the data
-        check_local_inputs(cfg)
-        found = _lenient_scan(cfg, out) if (lenient and cfg.data.source == "folders") else discover_source(cfg)
-    except (MissingInputError, ContributorValidationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    n = len(found)
-    if cfg.valuation.budget < n and cfg.valuation.budget < 2**n - 2:
-        print(f"error: a budget of {cfg.valuation.budget} coalitions cannot value {n} contributors: "
-              f"Shapley regression needs at least n = {n} (use --budget {max(5 * n, n)} or more)", file=sys.stderr)
-        return 2
-    cfg = absolute_paths(cfg)  # the configuration Dagster reads must not depend on its working directory
-    layout = RunLayout.at(cfg.workdir)
-    layout.workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(layout.config_file, cfg.to_json().encode())
-    home = prepare_dagster_home(layout.workdir)
-    say(f"valuing {len(found)} contributors from {cfg.contributors_path}")
-    say(f"work directory {layout.workdir} (Dagster home {home})")
-
-    instance = dg.DagsterInstance.from_config(str(home))
-    defs = build_definitions(str(layout.workdir))
-    log_cfg = {"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}}
-    logging.getLogger("dagster").setLevel(logging.WARNING)
-
-    def execute(job_name: str, **kwargs) -> bool:
-        job = defs.resolve_job_def(job_name)
-        result = job.execute_in_process(instance=instance, raise_on_error=False, **kwargs)
+    def execute(self, job_name: str, run_config: dict | None = None, tags: dict | None = None, **kwargs):
+        job = self.defs.resolve_job_def(job_name)
+        result = job.execute_in_process(instance=self.instance, raise_on_error=False, tags=tags,
+                                        run_config={**(run_config or {}), **self.log_cfg}, **kwargs)
         if not result.success:
             for event in result.all_events:
                 if event.is_step_failure:
@@ -119,89 +83,91 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, leni
                           file=sys.stderr)
             print(f"error: Dagster run {result.run_id} ({job_name}) failed; see `attribution-pipeline ui`",
                   file=sys.stderr)
-        return result.success
+        return result
 
-    say("[1/3] contributors, property reference, full model, pruned base, coalition plan")
-    t0 = time.perf_counter()
-    # the snapshot validated above is what this round values: a folder that appears meanwhile waits
-    snapshot = {c.contributor: c.data_hash for c in found}
-    if not execute("valuation_base", run_config={**log_cfg, "ops": {
-            "contributors": {"config": {"snapshot": snapshot}},
-            "coalition_plan": {"config": {"budget": cfg.valuation.budget, "seed": cfg.valuation.seed}}}}):
-        return 1
-    t_base = time.perf_counter() - t0
+    def partitions(self) -> list[str]:
+        return self.instance.get_dynamic_partitions(coalition_partitions.name)
 
-    missing = missing_coalitions(cfg, layout)
-    ordered = instance.get_dynamic_partitions(coalition_partitions.name)
-    runs = partition_runs(missing, ordered, max(1, cfg.valuation.coalitions_per_run))
-    say(f"[2/3] coalitions ({cfg.valuation.method}): {len(missing)} to evaluate in {len(runs)} run(s), "
-        f"{len(set(ordered)) - len(missing)} already known")
-    if missing:
-        from attribution_pipeline.stages import coalitions_by_key
-        from attribution_pipeline.stages.revaluation import split_work
-        from attribution_pipeline.storage.results import ResultStore
 
-        work = split_work(cfg, layout, list(coalitions_by_key(ResultStore(layout.database), missing).values()))
-        say(f"  {len(work.train)} to train, {len(work.rescore)} only to re-score (policy {cfg.revaluation.policy})")
-    t0 = time.perf_counter()
-    for i, (first, last, count) in enumerate(runs, 1):
-        say(f"  run {i}/{len(runs)}: {count} coalition(s) {first} .. {last}")
-        tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
-        if not execute("coalitions", tags=tags, run_config={**log_cfg, "ops": {"coalition_outcomes": {
-                "config": {"method": cfg.valuation.method}}}}):
-            return 1
-    t_coalitions = time.perf_counter() - t0
+def _prepare(cfg: PipelineConfig, lenient: bool, out):
+    """Validate before anything is written: every configured local file, the data, the budget."""
+    snapshot = take_snapshot(cfg, lenient=lenient)
+    for name, problems in snapshot.rejected.items():
+        print(f"warning: contributor folder {name!r} left out of this round: " + "; ".join(problems), file=out)
+    problem = budget_problem(cfg.valuation.budget, len(snapshot.accepted))
+    if problem:
+        raise ValueError(problem)
+    return snapshot
 
-    say("[3/3] Shapley values")
-    if not execute("shapley", run_config={**log_cfg, "ops": {"shapley_values": {"config": {
-            "method": cfg.valuation.method}}}}):
-        return 1
-    total = time.perf_counter() - t_start
-    if missing:
-        from attribution_pipeline.storage.results import ResultStore
 
-        df = ResultStore(layout.database).utilities_for(missing, method=cfg.valuation.method)
-        import polars as pl
+def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, lenient: bool = False) -> int:
+    """Value the contributors of ``cfg``; print the table; return a process exit code.
 
-        # one elapsed_s per coalition (every property row of a coalition carries the same time)
-        compute = float(df.group_by("coalition_key", "seed").agg(pl.col("elapsed_s").first())["elapsed_s"].sum()) if len(df) else 0.0
-        overhead = (t_coalitions - compute) / compute * 100 if compute > 0 else float("nan")
-        say(f"coalition compute {compute:.1f}s, wall {t_coalitions:.1f}s: orchestration overhead {overhead:.1f}%")
-    say(f"done in {total:.1f}s (base {t_base:.1f}s, coalitions {t_coalitions:.1f}s)")
+    lenient: value the folders that validate and leave out the others, with their reasons; by
+    default any bad folder stops the run before anything is written.
+    """
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, file=out, flush=True)
+
+    t_start = time.perf_counter()
+    try:
+        snapshot = _prepare(cfg, lenient, out)
+    except (MissingInputError, ContributorValidationError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg = absolute_paths(cfg)  # the configuration Dagster reads must not depend on its working directory
+    write_pipeline_config(cfg)
+    layout = RunLayout.at(cfg.workdir)
+    launcher, store, work = Launcher(layout.workdir, quiet), ResultStore(layout.database), Work()
+    say(f"valuing {len(snapshot.accepted)} contributors from {cfg.contributors_path} (method {cfg.valuation.method})")
+    say(f"work directory {layout.workdir} (Dagster home {layout.dagster_home})")
+    t_coalitions, previous = 0.0, None
+    for _ in range(MAX_STEPS):
+        step = next_step(cfg, layout, store, snapshot.accepted)
+        if step.kind in ("idle", "wait") or (step.kind, step.keys) == previous:
+            break
+        previous = (step.kind, step.keys)
+        requests = step_requests(step, cfg, str(layout.workdir), snapshot.accepted, launcher.partitions())
+        say(f"[{step.kind}] {step.reason}" + (f": {len(requests)} run(s)" if len(requests) > 1 else ""))
+        t0 = time.perf_counter()
+        for i, request in enumerate(requests, 1):
+            if len(requests) > 1:
+                say(f"  run {i}/{len(requests)}: {request.tags.get('dagster/asset_partition_range_start', '')} ..")
+            result = launcher.execute(request.job_name, request.run_config, dict(request.tags))
+            if not result.success:
+                return 1
+            work.add(result)
+        t_coalitions += time.perf_counter() - t0 if step.kind == "coalitions" else 0.0
+    if step.kind != "idle":
+        print(f"error: the round did not complete: {step.kind}: {step.reason}", file=sys.stderr)
+        return 2 if step.kind == "wait" else 1
+    if work.coalitions:
+        say(work.summary(t_coalitions))
+    say(f"done in {time.perf_counter() - t_start:.1f}s: {step.reason}")
     return print_table(str(layout.workdir), out=out)
 
 
 def run_evaluation(cfg: PipelineConfig, assets: tuple[str, ...] = ("lds_results", "counterfactual_results"),
                    quiet: bool = False, out=sys.stdout) -> int:
     """Materialize the evaluation assets of a valued work directory and print their tables."""
-    import dagster as dg
-
-    from attribution_pipeline.defs.build import build_definitions
-    from attribution_pipeline.storage.results import ResultStore
-
     layout = RunLayout.at(cfg.workdir)
     if not layout.database.is_file():
         print(f"error: {layout.database} does not exist; run `attribution-pipeline run --workdir {layout.workdir}` "
               "first", file=sys.stderr)
         return 2
-    atomic_write_bytes(layout.config_file, cfg.to_json().encode())
-    home = prepare_dagster_home(layout.workdir)
-    instance = dg.DagsterInstance.from_config(str(home))
-    defs = build_definitions(str(layout.workdir))
-    logging.getLogger("dagster").setLevel(logging.WARNING)
-    job = defs.resolve_job_def("evaluation")
+    write_pipeline_config(cfg)
     t0 = time.perf_counter()
-    result = job.execute_in_process(
-        instance=instance, raise_on_error=False, asset_selection=[dg.AssetKey(a) for a in assets],
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}})
+    result = Launcher(layout.workdir, quiet).execute(EVALUATION_JOB, asset_selection=[dg.AssetKey(a) for a in assets])
     if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure:
-                print(f"error in {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
         return 1
-    import polars as pl
+    _print_evaluation(ResultStore(layout.database), assets, out)
+    if not quiet:
+        print(f"evaluation done in {time.perf_counter() - t0:.1f}s", file=out)
+    return 0
 
-    store = ResultStore(layout.database)
+
+def _print_evaluation(store: ResultStore, assets: tuple[str, ...], out) -> None:
     with pl.Config(tbl_rows=100, tbl_cols=12, fmt_str_lengths=40):
         if "lds_results" in assets:
             print(store.query(
@@ -215,6 +181,3 @@ def run_evaluation(cfg: PipelineConfig, assets: tuple[str, ...] = ("lds_results"
                 "any_value(kept) AS kept FROM counterfactual_results "
                 "WHERE computed_at = (SELECT max(computed_at) FROM counterfactual_results) "
                 "GROUP BY ALL ORDER BY property, scenario, ranking"), file=out)
-    if not quiet:
-        print(f"evaluation done in {time.perf_counter() - t0:.1f}s", file=out)
-    return 0

@@ -1,11 +1,21 @@
-"""Asset checks: the invariants a valuation must satisfy, visible in the UI beside each asset."""
+"""Asset checks: the invariants a valuation must satisfy, visible in the UI beside each asset.
+
+They read the configuration through the same resource as the assets, so a run launched with a
+method override (``resources: {pipeline: {config: {method: "ft"}}}``) is checked against that
+method's image sets and utilities.
+"""
 
 import math
 
 import dagster as dg
 
 from attribution_pipeline import stages
+from attribution_pipeline.coalitions import EMPTY_KEY
+from attribution_pipeline.data.imagesets import image_set_problems
 from attribution_pipeline.defs.resources import PipelineResource
+from attribution_pipeline.properties.registry import get_property
+from attribution_pipeline.stages.utility import EMPTY_METHOD
+from attribution_pipeline.storage.artifacts import is_complete, read_manifest
 
 # Estimators whose values need not sum to v(N) − v(∅): Banzhaf and leave-one-out are other values.
 NOT_EFFICIENT = ("banzhaf-msr", "loo")
@@ -21,7 +31,8 @@ def shapley_efficiency(pipeline: PipelineResource) -> dg.AssetCheckResult:
         list(NOT_EFFICIENT))
     bad = [f"{r['property']}/{r['estimator']}: Σ = {r['total']:.6g}, v(N) − v(∅) = {r['gap']:.6g}"
            for r in df.iter_rows(named=True) if abs(r["total"] - r["gap"]) > 1e-6 * max(1.0, abs(r["gap"]))]
-    return dg.AssetCheckResult(passed=not bad and len(df) > 0, metadata={"checked": len(df), "violations": "; ".join(bad) or "none"})
+    return dg.AssetCheckResult(passed=not bad and len(df) > 0,
+                               metadata={"checked": len(df), "violations": "; ".join(bad) or "none"})
 
 
 @dg.asset_check(asset="coalition_plan", blocking=True,
@@ -47,59 +58,42 @@ def utilities_are_finite(pipeline: PipelineResource) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=not bad, metadata={"rows": len(df), "non_finite": ", ".join(bad[:20]) or "none"})
 
 
-def _run_partitions(context: dg.AssetCheckExecutionContext) -> list[str] | None:
-    """The coalition partitions of this run; None outside a partitioned run (then: every planned one)."""
-    if context.has_partition_key_range:
-        return list(context.partition_keys)
-    if context.has_partition_key:
-        return [context.partition_key]
-    return None
-
-
-def _coalitions_to_check(context, pipeline: PipelineResource):
-    keys = _run_partitions(context)
-    plan = stages.read_plan(pipeline.layout())
-    if keys is None:
-        return list({c.key: c for c in plan.coalitions}.values())
-    return list(stages.coalitions_by_key(pipeline.store(), keys).values())
+def _coalitions_to_check(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource):
+    """The coalition partitions of this run; outside a partitioned run, every planned one."""
+    if context.has_partition_key_range or context.has_partition_key:
+        return list(stages.coalitions_by_key(pipeline.store(), list(context.partition_keys)).values())
+    return list({c.key: c for c in stages.read_plan(pipeline.layout()).coalitions}.values())
 
 
 @dg.asset_check(asset="coalition_images", blocking=True,
-                description="Each coalition's image set is complete, holds sampling.n_images images of the "
-                            "model's shape, and no image is constant.")
+                description="Each coalition's image set (of the run's utility method) is complete, holds "
+                            "sampling.n_images images of the model's shape, and no image is constant.")
 def image_sets_are_valid(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource) -> dg.AssetCheckResult:
-    from attribution_pipeline.data.imagesets import image_set_problems
-    from attribution_pipeline.storage.artifacts import read_manifest
-
     cfg, layout = pipeline.config(), pipeline.layout()
-    method = cfg.valuation.method
     # every image set must have the shape of v(∅)'s (model families decode to different resolutions)
     reference = layout.untrained_images_dir
-    shape = tuple(read_manifest(reference)["shape"]) if (reference / "manifest.json").is_file() else None
+    shape = tuple(read_manifest(reference)["shape"]) if is_complete(reference) else None
     problems, checked = [], 0
     for c in _coalitions_to_check(context, pipeline):
-        for seed in cfg.utility_seeds(method):
-            run_seed = None if (method == "sft" and seed == cfg.finetune.seed) else seed
-            problems += image_set_problems(layout.coalition_images_dir(c.key, method, run_seed), cfg.sampling.n_images,
-                                           shape)
+        for seed in cfg.utility_seeds():
+            spec = stages.utility_spec(cfg, layout, c, cfg.valuation.method, seed)
+            problems += image_set_problems(spec.images_dir, cfg.sampling.n_images, shape)
             checked += 1
-    return dg.AssetCheckResult(passed=not problems, metadata={"image_sets": checked,
-                                                             "problems": "; ".join(problems[:20]) or "none"})
+    return dg.AssetCheckResult(passed=not problems, metadata={
+        "image_sets": checked, "method": cfg.valuation.method, "problems": "; ".join(problems[:20]) or "none"})
 
 
 @dg.asset_check(asset="coalition_utilities", blocking=True,
-                description="Each stored utility is finite and within its property's valid range (quality = −FID "
-                            "≤ 0, diversity in [0, log2 K] for K contributors).")
+                description="Each stored utility (of the run's utility method) is finite and within its "
+                            "property's valid range (quality = −FID ≤ 0, diversity in [0, log2 K] for K "
+                            "contributors).")
 def utilities_in_valid_range(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource) -> dg.AssetCheckResult:
-    from attribution_pipeline.properties.registry import get_property
-    from attribution_pipeline.stages.base import _property_context
-
-    cfg, layout, store = pipeline.config(), pipeline.layout(), pipeline.store()
-    instruments = _property_context(cfg, layout)
-    keys = [c.key for c in _coalitions_to_check(context, pipeline)] + ["empty"]
+    cfg, store = pipeline.config(), pipeline.store()
+    instruments = stages.property_context(cfg, pipeline.layout())
+    keys = [c.key for c in _coalitions_to_check(context, pipeline)]
     df = store.utilities_for(keys, method=cfg.valuation.method)
-    rows = list(df.iter_rows(named=True)) if len(df) else []
-    rows += list(store.utilities_for(["empty"], method="sft").iter_rows(named=True)) if cfg.valuation.method != "sft" else []
+    empty = store.utilities_for([EMPTY_KEY], method=EMPTY_METHOD)
+    rows = [*(df.iter_rows(named=True) if len(df) else []), *(empty.iter_rows(named=True) if len(empty) else [])]
     bad = []
     for r in rows:
         if r["property"] not in cfg.valuation.properties:
@@ -107,7 +101,8 @@ def utilities_in_valid_range(context: dg.AssetCheckExecutionContext, pipeline: P
         lo, hi = get_property(r["property"]).range_for(instruments)
         if not (math.isfinite(r["value"]) and lo <= r["value"] <= hi):
             bad.append(f"{r['coalition_key']}/{r['property']} = {r['value']:.6g} outside [{lo:.4g}, {hi:.4g}]")
-    return dg.AssetCheckResult(passed=not bad, metadata={"rows": len(rows), "out_of_range": "; ".join(bad[:20]) or "none"})
+    return dg.AssetCheckResult(passed=not bad, metadata={"rows": len(rows), "method": cfg.valuation.method,
+                                                         "out_of_range": "; ".join(bad[:20]) or "none"})
 
 
 ALL_CHECKS = [shapley_efficiency, plan_covers_contributors, utilities_are_finite, image_sets_are_valid,

@@ -6,11 +6,10 @@ so they are not part of the default valuation; materialize them from the UI or w
 
 import dagster as dg
 
+from attribution_pipeline.defs.jobs import EVALUATION_GROUP as GROUP
 from attribution_pipeline.defs.resources import PipelineResource
 from attribution_pipeline.defs.valuation_assets import shapley_values
 from attribution_pipeline.stages import evaluation
-
-GROUP = "evaluation"
 
 
 @dg.asset(group_name=GROUP, deps=[shapley_values], code_version="1", kinds={"duckdb"})

@@ -1,36 +1,24 @@
 """Assets up to the pruned base: contributors → full model → pruned base, and the property reference."""
 
 
-from typing import Optional
-
 import dagster as dg
 
 from attribution_pipeline import stages
+from attribution_pipeline.defs.jobs import BASE_GROUP as GROUP
 from attribution_pipeline.defs.resources import PipelineResource
-
-GROUP = "models"
-
-
-class ContributorsConfig(dg.Config):
-    # {contributor: data_hash} validated by the CLI or the contributors sensor: only these folders are
-    # valued, each must still hash the same. None = validate the whole directory strictly now.
-    snapshot: Optional[dict[str, str]] = None
 
 
 @dg.asset(group_name=GROUP, code_version="1", kinds={"python", "duckdb"})
-def contributors(context: dg.AssetExecutionContext, config: ContributorsConfig,
-                 pipeline: PipelineResource) -> dg.MaterializeResult:
+def contributors(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """Validated contributors: one folder each, images cached at the model's resolution.
 
     Fails before anything is written when a file or folder is bad (the error names it). Rows of the
     ``contributors`` table: duplicate images across contributors are flagged, a contributor whose
-    folder is gone gets ``removed_at``.
+    folder is gone gets ``removed_at``. Values ``pipeline.snapshot`` when the launcher passed one.
     """
-    from attribution_pipeline.stages.revaluation import register_contributors
-
     cfg, layout = pipeline.config(), pipeline.layout()
-    manifest = stages.prepare_contributors(cfg, layout, context.log.info, snapshot=config.snapshot)
-    rows = register_contributors(pipeline.store(), manifest)
+    manifest = stages.prepare_contributors(cfg, layout, context.log.info, snapshot=pipeline.snapshot)
+    rows = stages.register_contributors(pipeline.store(), manifest)
     table = "\n".join(f"| {r['contributor']} | {r['n_images']} | `{r['data_hash']}` | "
                       f"{', '.join(r['duplicates_with']) or ''} |" for r in rows)
     return dg.MaterializeResult(

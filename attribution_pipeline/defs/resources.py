@@ -1,29 +1,42 @@
-"""The one resource every asset uses: where the valuation lives and how it is configured.
+"""The one resource every asset and asset check uses: the work directory and the run's options.
 
 The configuration is read from ``<workdir>/pipeline_config.json`` (written by the CLI), so
 ``attribution-pipeline run`` and ``dagster dev`` on the same work directory value the same game.
-Without that file the preset's defaults apply.
+This resource is also the one typed run config for what a single run may override: from the
+launchpad, ``resources: {pipeline: {config: {method: "ft"}}}`` measures (and checks) that run's
+coalitions by fine-tuning the full model; the contributors sensor passes its validated
+``snapshot`` the same way. Leave ``workdir`` out to keep the code location's work directory.
 """
 
+from typing import Optional
 
 import dagster as dg
 
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.storage.results import ResultStore
-from attribution_pipeline.workdir import read_pipeline_config
+from attribution_pipeline.workdir import default_workdir, read_pipeline_config
 
 
 class PipelineResource(dg.ConfigurableResource):
-    """Work directory of one valuation (checkpoints, images, DuckDB, Dagster home)."""
+    """Work directory of one valuation (checkpoints, images, DuckDB, Dagster home) and run options."""
 
-    workdir: str
+    workdir: Optional[str] = None  # None = ATTRIBUTION_PIPELINE_WORKDIR, else data/runs/default
+    method: Optional[str] = None  # utility method of this run ("sft", "ft", "retrain"); None = the workdir's
+    # {contributor: data_hash} validated by the CLI or the sensor: only these folders are valued, each
+    # must still hash the same. None = validate the whole contributors directory strictly now.
+    snapshot: Optional[dict[str, str]] = None
+
+    def directory(self) -> str:
+        return self.workdir or default_workdir()
 
     def config(self) -> PipelineConfig:
-        return read_pipeline_config(self.workdir)
+        """The work directory's configuration with this run's overrides applied (validated)."""
+        cfg = read_pipeline_config(self.directory())
+        return cfg.override({"valuation": {"method": self.method}}) if self.method else cfg
 
     def layout(self) -> RunLayout:
-        return RunLayout.at(self.workdir)
+        return RunLayout.at(self.directory())
 
     def store(self) -> ResultStore:
         return ResultStore(self.layout().database)

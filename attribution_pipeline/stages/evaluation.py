@@ -5,7 +5,7 @@
 - ``evaluate_counterfactual``: retrain without the top contributors by the round's default
   Shapley values, with only the top ones, without random ones and without the top by LOO.
 
-Every retrain goes through ``evaluate_coalition(method="retrain")``: cached per coalition and
+Every retrain goes through ``measure_utility(method="retrain")``: cached per coalition and
 seed in ``utilities`` like any other utility, so a second evaluation retrains nothing.
 """
 
@@ -22,8 +22,11 @@ from attribution_pipeline.evaluation import (
     counterfactual_sets, draw_test_coalitions, lds_score, random_removals, relative_change,
 )
 from attribution_pipeline.layout import RunLayout
-from attribution_pipeline.stages.base import Log, _quiet, contributor_ids
-from attribution_pipeline.stages.coalitions import RETRAIN, evaluate_coalition, read_plan
+from attribution_pipeline.stages.contributors import contributor_ids
+from attribution_pipeline.stages.measure import measure_utility
+from attribution_pipeline.stages.plan import read_plan
+from attribution_pipeline.stages.result import Log, quiet
+from attribution_pipeline.stages.utility import RETRAIN, UTILITY_METHODS
 from attribution_pipeline.storage.results import ResultStore
 
 
@@ -57,14 +60,14 @@ def _retrain(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coaliti
     """Retrained utilities per seed, and how many models had to be trained."""
     out, trained = {}, 0
     for s in seeds:
-        o = evaluate_coalition(cfg, layout, store, coalition, log, method=RETRAIN, seed=s)
+        o = measure_utility(cfg, layout, store, coalition, log, method=RETRAIN, seed=s)
         out[s] = o.utilities
         trained += 0 if o.checkpoint.skipped else 1
     return out, trained
 
 
-def evaluate_lds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = _quiet,
-                 methods: tuple[str, ...] = ("sft", "ft", "retrain")) -> EvaluationOutcome:
+def evaluate_lds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = quiet,
+                 methods: tuple[str, ...] = UTILITY_METHODS) -> EvaluationOutcome:
     """LDS of the latest round of each of ``methods`` (those that have one), every estimator."""
     ids = contributor_ids(layout)
     plan = read_plan(layout)
@@ -121,7 +124,7 @@ def _loo_values(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, ids:
     seeds = cfg.utility_seeds(method)
 
     def utility(c: Coalition) -> dict[str, float]:
-        outs = [evaluate_coalition(cfg, layout, store, c, log, method=method, seed=s) for s in seeds]
+        outs = [measure_utility(cfg, layout, store, c, log, method=method, seed=s) for s in seeds]
         return {p: float(np.mean([o.utilities[p] for o in outs])) for p in prop_names}
 
     vn = utility(full)
@@ -130,7 +133,7 @@ def _loo_values(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, ids:
 
 
 def evaluate_counterfactual(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
-                            log: Log = _quiet) -> EvaluationOutcome:
+                            log: Log = quiet) -> EvaluationOutcome:
     """Relative change of each property after retraining without the top contributors (by the
     latest round's default Shapley values, and by LOO), with only the top ones, and without
     random ones of the same number."""

@@ -1,4 +1,4 @@
-"""The valuation round: fit Shapley (and Banzhaf) values from the plan's evaluated coalitions."""
+"""The valuation round: fit Shapley (and Banzhaf) values from the plan's measured coalitions."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import numpy as np
 from attribution_pipeline import versions
 from attribution_pipeline.coalitions import EMPTY_KEY, coalitions_to_masks
 from attribution_pipeline.config import PipelineConfig
-from attribution_pipeline.layout import RunLayout, content_hash, signature
-from attribution_pipeline.stages.base import Log, _quiet, read_contributors
-from attribution_pipeline.stages.coalitions import FT, SFT, coalitions_by_key, read_plan, utility_spec
-from attribution_pipeline.stages.revaluation import round_lineage
+from attribution_pipeline.layout import RunLayout, content_hash
+from attribution_pipeline.stages.lineage import round_lineage
+from attribution_pipeline.stages.result import Log, quiet
+from attribution_pipeline.stages.round import Pool, gather_pool
+from attribution_pipeline.stages.utility import FT, SFT
 from attribution_pipeline.storage.results import ResultStore
+from attribution_pipeline.valuation import applicable_estimators, estimate
 
 
 class MissingUtilitiesError(RuntimeError):
@@ -31,134 +33,85 @@ class ShapleyOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
-def method_utilities(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, keys: list[str],
-                     properties: list[str], method: str) -> dict[tuple[str, str], float]:
-    """{(coalition_key, property): utility} by ``method``, averaged over the method's seeds; a key
-    is present only when every seed's utility is there (and, where recorded, current)."""
-    df = store.utilities_for(keys, method=method)
-    if not len(df):
-        return {}
-    seeds = set(cfg.utility_seeds(method))
-    coalitions = coalitions_by_key(store, keys)
-    data = {c["contributor"]: c["data_hash"] for c in read_contributors(layout)["contributors"]}
-    expected = {(k, s): utility_spec(cfg, layout, coalitions[k], method, s, data).utility_signature
-                for k in keys for s in seeds}
-    by: dict[tuple[str, str], dict[int, float]] = {}
-    for r in df.iter_rows(named=True):
-        current = r.get("inputs_signature") in (None, expected.get((r["coalition_key"], r["seed"])))
-        if r["seed"] in seeds and current:
-            by.setdefault((r["coalition_key"], r["property"]), {})[r["seed"]] = r["value"]
-    return {k: float(np.mean(list(v.values()))) for k, v in by.items() if set(v) == seeds and k[1] in properties}
+def _value_rows(res, is_default: bool, contributors: list[str], prop: str, common: dict) -> list[dict]:
+    """One row per contributor of one estimator's result, ranked by value (1 = largest)."""
+    n = len(contributors)
+    order = np.argsort(-res.values, kind="stable")
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(1, n + 1)
+    return [{"contributor": c, "property": prop, "value": float(res.values[j]), "std_error": _f(res.std_errors, j),
+             "ci_low": _f(res.ci_low, j), "ci_high": _f(res.ci_high, j), "rank": int(rank[j]),
+             "rank_low": _i(res.rank_low, j), "rank_high": _i(res.rank_high, j), "p_top": _f(res.p_top, j),
+             "top_k": int(res.top_k), "estimator": res.estimator, "value_kind": res.value_kind,
+             "is_default": is_default, "n_coalitions": int(res.n_coalitions), **common}
+            for j, c in enumerate(contributors)]
 
 
-@dataclass
-class Pool:
-    """The current plan's utilities by one method: what a valuation round would be fitted on."""
-
-    plan: object
-    full: object
-    sampled: list
-    have: dict  # {(coalition_key, property): utility}
-    missing: list[str]  # coalition keys (∅ included) lacking a current utility
-    round_id: str | None  # the id the round will have; None while utilities are missing
-
-
-def gather_pool(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, method: str | None = None) -> Pool:
-    """Read the plan and its current utilities; raises when the plan is stale (contributors changed)."""
-    method = method or cfg.valuation.method
-    plan = read_plan(layout)
-    current = [c["contributor"] for c in read_contributors(layout)["contributors"]]
-    if current != plan.contributors:
-        raise RuntimeError("the contributors changed since the coalition plan was made; "
-                           "materialize `coalition_plan` (and the new coalition partitions) first")
-    full, sampled = plan.coalitions[0], plan.coalitions[1:]
-    keys = sorted({c.key for c in plan.coalitions})
-    properties = list(cfg.valuation.properties)
-    have = method_utilities(cfg, layout, store, keys, properties, method)
-    # v(∅) is the untrained model's, the same for every method
-    empty = store.utilities_for([EMPTY_KEY], method=SFT)
-    for r in empty.iter_rows(named=True) if len(empty) else []:
-        if r["seed"] == cfg.finetune.seed:
-            have[(EMPTY_KEY, r["property"])] = r["value"]
-    missing = sorted({k for k in [*keys, EMPTY_KEY] for p in properties if (k, p) not in have})
-    round_id = None if missing else "r-" + signature(plan.content_hash, sorted(have.items()), cfg.valuation.estimator,
-                                                     cfg.valuation.seed, method)
-    return Pool(plan, full, sampled, have, missing, round_id)
+def _fit_property(cfg: PipelineConfig, pool: Pool, masks: np.ndarray, prop: str, common: dict):
+    """Rows of every applicable estimator for one property (the default first), and warnings."""
+    values = np.array([pool.utilities[(c.key, prop)] for c in pool.sampled], dtype=float)
+    v0, vn = pool.utilities[(EMPTY_KEY, prop)], pool.utilities[(pool.full.key, prop)]
+    common = {**common, "v_full": float(vn), "v_empty": float(v0)}
+    fit = dict(empty_value=v0, full_value=vn, seed=cfg.valuation.seed)
+    default = estimate(masks, values, estimator=cfg.valuation.estimator, **fit)
+    rows = _value_rows(default, True, pool.plan.contributors, prop, common)
+    warnings = [f"{prop}: {w}" for w in default.warnings]
+    for name in applicable_estimators(masks, len(pool.plan.contributors)):
+        if name == default.estimator:
+            continue
+        try:
+            rows += _value_rows(estimate(masks, values, estimator=name, **fit), False, pool.plan.contributors,
+                                prop, common)
+        except ValueError as exc:  # an estimator that cannot run on this pool is skipped, with why
+            warnings.append(f"{prop}/{name}: {exc}")
+    return rows, warnings
 
 
-def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = _quiet,
-                    method: str | None = None) -> ShapleyOutcome:
-    """Estimate values per property with every applicable estimator over one shared pool.
+def _round_row(cfg: PipelineConfig, layout: RunLayout, pool: Pool, rows: list[dict], now) -> dict:
+    method = cfg.valuation.method
+    base_dir = {SFT: layout.pruned_base_dir, FT: layout.full_model_dir}.get(method)
+    return {"round_id": pool.round_id, "computed_at": now, "contributors": pool.plan.contributors,
+            "budget": pool.plan.budget, "n_coalitions": len(pool.sampled),
+            "base_version": content_hash(base_dir) if base_dir else None,
+            "default_estimator": cfg.valuation.estimator, "seed": cfg.valuation.seed,
+            "versions": json.dumps(versions.snapshot()), "method": method,
+            "estimator": next((r["estimator"] for r in rows if r["is_default"]), None),
+            **round_lineage(cfg, layout, pool.plan.contributors)}
+
+
+def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = quiet) -> ShapleyOutcome:
+    """Estimate values per property with every applicable estimator over one shared pool of the
+    utilities measured by ``cfg.valuation.method``.
 
     The default estimator (``cfg.valuation.estimator``, "auto") is flagged ``is_default``. For
     Shapley estimators that guarantee efficiency, values sum to v(N) − v(∅) per property. An
     identical pool (same plan, same utilities, same estimator settings) adds no new round.
     """
-    from attribution_pipeline.valuation import applicable_methods, estimate
-
-    method = method or cfg.valuation.method
-    pool = gather_pool(cfg, layout, store, method)
-    plan, full, sampled, have, round_id = pool.plan, pool.full, pool.sampled, pool.have, pool.round_id
-    if not sampled:
+    pool = gather_pool(cfg, layout, store)
+    if not pool.sampled:
         raise ValueError("the plan has no coalition besides the full one: raise the budget (--budget)")
     if pool.missing:
-        missing = pool.missing
+        m = pool.missing
         raise MissingUtilitiesError(
-            f"{len(missing)} coalition(s) have no {method} utility yet: {missing[:8]}{'…' if len(missing) > 8 else ''}; "
+            f"{len(m)} coalition(s) have no {cfg.valuation.method} utility yet: {m[:8]}{'…' if len(m) > 8 else ''}; "
             "materialize their coalition partitions (or empty_coalition_utilities) first")
-    properties = list(cfg.valuation.properties)
-    masks = coalitions_to_masks([c.members for c in sampled], plan.contributors)
-    n = len(plan.contributors)
-    base_version = {SFT: lambda: content_hash(layout.pruned_base_dir),
-                    FT: lambda: content_hash(layout.full_model_dir)}.get(method, lambda: None)()
-    exists = store.query("SELECT count(*) AS n FROM valuation_rounds WHERE round_id = ?", [round_id])["n"][0]
-    if exists:
-        rows = store.query("SELECT * FROM shapley_values WHERE round_id = ?", [round_id]).to_dicts()
-        log(f"valuation round {round_id} is up to date ({len(sampled)} coalitions)")
-        return ShapleyOutcome(round_id, rows, len(sampled), True)
+    if store.query("SELECT count(*) AS n FROM valuation_rounds WHERE round_id = ?", [pool.round_id])["n"][0]:
+        rows = store.query("SELECT * FROM shapley_values WHERE round_id = ?", [pool.round_id]).to_dicts()
+        log(f"valuation round {pool.round_id} is up to date ({len(pool.sampled)} coalitions)")
+        return ShapleyOutcome(pool.round_id, rows, len(pool.sampled), True)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    rows: list[dict] = []
-    warnings: list[str] = []
-    for prop in properties:
-        values = np.array([have[(c.key, prop)] for c in sampled], dtype=float)
-        v0, vn = have[(EMPTY_KEY, prop)], have[(full.key, prop)]
-        default = estimate(masks, values, empty_value=v0, full_value=vn, method=cfg.valuation.estimator,
-                           seed=cfg.valuation.seed)
-        results = [(default, True)]
-        for m in applicable_methods(masks, n):
-            if m != default.method:
-                try:
-                    results.append((estimate(masks, values, empty_value=v0, full_value=vn, method=m,
-                                             seed=cfg.valuation.seed), False))
-                except ValueError as exc:  # a method that cannot run on this pool is skipped, with why
-                    warnings.append(f"{prop}/{m}: {exc}")
-        warnings.extend(f"{prop}: {w}" for w in default.warnings)
-        for res, is_default in results:
-            order = np.argsort(-res.values, kind="stable")
-            rank = np.empty(n, dtype=int)
-            rank[order] = np.arange(1, n + 1)
-            for j, contributor in enumerate(plan.contributors):
-                rows.append({
-                    "round_id": round_id, "contributor": contributor, "property": prop,
-                    "value": float(res.values[j]), "std_error": _f(res.std_errors, j),
-                    "ci_low": _f(res.ci_low, j), "ci_high": _f(res.ci_high, j), "rank": int(rank[j]),
-                    "rank_low": _i(res.rank_low, j), "rank_high": _i(res.rank_high, j),
-                    "p_top": _f(res.p_top, j), "top_k": int(res.top_k),
-                    "estimator": res.method, "value_kind": res.value_kind, "is_default": is_default,
-                    "n_coalitions": int(res.n_coalitions), "v_full": float(vn), "v_empty": float(v0),
-                    "computed_at": now, "method": method,
-                })
+    masks = coalitions_to_masks([c.members for c in pool.sampled], pool.plan.contributors)
+    common = {"round_id": pool.round_id, "computed_at": now, "method": cfg.valuation.method}
+    rows, warnings = [], []
+    for prop in cfg.valuation.properties:
+        prop_rows, prop_warnings = _fit_property(cfg, pool, masks, prop, common)
+        rows += prop_rows
+        warnings += prop_warnings
     store.upsert("shapley_values", rows)
-    store.upsert("valuation_rounds", [{
-        "round_id": round_id, "computed_at": now, "contributors": plan.contributors, "budget": plan.budget,
-        "n_coalitions": len(sampled), "base_version": base_version, "default_estimator": cfg.valuation.estimator,
-        "seed": cfg.valuation.seed, "versions": json.dumps(versions.snapshot()), "method": method,
-        "estimator": next((r["estimator"] for r in rows if r["is_default"]), None),
-        **round_lineage(cfg, layout, plan.contributors),
-    }])
+    store.upsert("valuation_rounds", [_round_row(cfg, layout, pool, rows, now)])
     for w in warnings:
         log(f"warning: {w}")
-    return ShapleyOutcome(round_id, rows, len(sampled), False, warnings)
+    return ShapleyOutcome(pool.round_id, rows, len(pool.sampled), False, warnings)
 
 
 def _f(arr, j) -> float | None:

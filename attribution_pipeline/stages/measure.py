@@ -1,0 +1,181 @@
+"""Measure utilities: train a coalition's model by its utility method, generate with the shared
+noise, score every property. Also v(∅) (the untrained model) and θ*'s own properties.
+
+Every artifact is cached by its inputs signature, so a present utility is never recomputed. A
+``StageResult`` of a cached artifact has ``elapsed_s`` 0 (no work in this call) and its stored
+cost in ``metadata["cost_s"]``; the utility row's ``elapsed_s`` is the utility's whole cost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from attribution_pipeline.coalitions import EMPTY_KEY, Coalition, make_coalition
+from attribution_pipeline.config import PipelineConfig
+from attribution_pipeline.data.imagesets import GRID_FILE, load_image_set, save_image_set
+from attribution_pipeline.layout import RunLayout, content_hash, current_signature, signature
+from attribution_pipeline.models.registry import get_backend
+from attribution_pipeline.properties.registry import recognized_fraction
+from attribution_pipeline.stages.contributors import contributor_ids
+from attribution_pipeline.stages.lineage import members_base_predates
+from attribution_pipeline.stages.models import train_from_scratch
+from attribution_pipeline.stages.reference import property_context, score
+from attribution_pipeline.stages.result import Log, StageResult, progress, quiet
+from attribution_pipeline.stages.utility import (
+    EMPTY_METHOD, RETRAIN, SFT, UtilitySpec, empty_seed, empty_utility_signature, instruments_signature,
+    untrained_images_signature, utility_spec,
+)
+from attribution_pipeline.storage.artifacts import read_manifest
+from attribution_pipeline.storage.results import ResultStore
+
+
+@dataclass
+class UtilityOutcome:
+    coalition: Coalition
+    checkpoint: StageResult
+    images: StageResult
+    utilities: dict[str, float]
+    elapsed_s: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def work_s(self) -> float:
+        """Seconds of work this call did (cached steps count 0)."""
+        return self.checkpoint.elapsed_s + self.images.elapsed_s + self.extra.get("score_s", 0.0)
+
+
+def utilities_version(utilities: dict[str, float]) -> str:
+    return signature(sorted((k, round(float(v), 12)) for k, v in utilities.items()))
+
+
+def _generate_and_save(cfg: PipelineConfig, model, folder, sig: str) -> StageResult:
+    if current_signature(folder) == sig:
+        m = read_manifest(folder)
+        return StageResult(m["content_hash"], True, 0.0, {"n_images": m["n_images"], "grid": str(folder / GRID_FILE),
+                                                          "cost_s": m.get("generate_seconds", 0.0)})
+    s = cfg.sampling
+    start = time.perf_counter()
+    images = get_backend(cfg).generate(model, n_images=s.n_images, steps=s.ddim_steps, seed=s.seed,
+                                       batch_size=s.batch_size)
+    elapsed = time.perf_counter() - start
+    m = save_image_set(images, folder, {"inputs_signature": sig, "generate_seconds": elapsed,
+                                        "noise_seed": s.seed, "ddim_steps": s.ddim_steps})
+    return StageResult(m["content_hash"], False, elapsed, {"n_images": m["n_images"], "grid": str(folder / GRID_FILE),
+                                                           "cost_s": elapsed})
+
+
+def _utility_rows(cfg: PipelineConfig, key: str, utilities: dict[str, float], method: str, seed: int,
+                  elapsed: float, base_version: str | None, n_images: int,
+                  inputs_signature: str | None = None, base_predates: list[str] | None = None) -> list[dict]:
+    backend = get_backend(cfg)
+    return [{"coalition_key": key, "property": p, "value": float(v), "method": method, "seed": seed,
+             "elapsed_s": elapsed, "base_version": base_version, "n_images": n_images,
+             "device": str(backend.device), "precision": backend.precision, "inputs_signature": inputs_signature,
+             "base_predates": base_predates}
+            for p, v in utilities.items()]
+
+
+def _train(cfg: PipelineConfig, layout: RunLayout, coalition: Coalition, spec: UtilitySpec, log: Log):
+    """The coalition's model by ``spec.method`` (a TrainResult)."""
+    backend = get_backend(cfg)
+    data = backend.training_data(layout, coalition.members)
+    what = f"coalition {coalition.key} ({spec.method}, seed {spec.seed})"
+    if spec.method == RETRAIN:
+        return train_from_scratch(cfg, data, spec.seed, log, what, progress_every=max(cfg.train.steps // 4, 1))
+    f = cfg.finetune
+    model = backend.load(layout.pruned_base_dir if spec.method == SFT else layout.full_model_dir)
+    return backend.train(model, data, steps=f.steps, batch_size=f.batch_size, lr=f.lr,
+                         seed=spec.seed, ema=f.ema, ema_decay=f.ema_decay,
+                         progress=progress(log, what), progress_every=max(f.steps, 1))
+
+
+def _coalition_model(cfg: PipelineConfig, layout: RunLayout, coalition: Coalition, spec: UtilitySpec, log: Log):
+    """(model, StageResult of its checkpoint): reused when cached, trained otherwise."""
+    backend = get_backend(cfg)
+    if spec.method == RETRAIN and spec.seed == cfg.train.seed and list(coalition.members) == contributor_ids(layout):
+        # retraining N with the full model's recipe and seed is θ* itself: reuse it, and its cost
+        m = read_manifest(layout.full_model_dir)
+        return backend.load(layout.full_model_dir), StageResult(m["content_hash"], True, 0.0,
+                                                                {"cost_s": m.get("train_seconds", 0.0)})
+    if current_signature(spec.checkpoint_dir) == spec.checkpoint_signature:
+        m = read_manifest(spec.checkpoint_dir)
+        return backend.load(spec.checkpoint_dir), StageResult(m["content_hash"], True, 0.0,
+                                                              {"cost_s": m.get("finetune_seconds", 0.0)})
+    r = _train(cfg, layout, coalition, spec, log)
+    meta = {"inputs_signature": spec.checkpoint_signature, "finetune_seconds": r.elapsed_s,
+            "members": list(coalition.members), "base_version": spec.base_version, "method": spec.method,
+            "seed": spec.seed, "final_loss": r.final_loss}
+    backend.save(r.model, spec.checkpoint_dir, meta, pruned=(spec.method == SFT))
+    return r.model, StageResult(read_manifest(spec.checkpoint_dir)["content_hash"], False, r.elapsed_s,
+                                {"cost_s": r.elapsed_s})
+
+
+def measure_utility(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coalition: Coalition,
+                    log: Log = quiet, method: str = SFT, seed: int | None = None) -> UtilityOutcome:
+    """The utility of one coalition by ``method`` (see ``utility.py``), stored in ``utilities``
+    under (method, seed): train, generate with the shared noise, score."""
+    if coalition.size == 0:
+        raise ValueError("the empty coalition has no data to train on; use measure_empty_coalition")
+    start = time.perf_counter()
+    spec = utility_spec(cfg, layout, coalition, method, seed)
+    model, ckpt = _coalition_model(cfg, layout, coalition, spec, log)
+    img = _generate_and_save(cfg, model, spec.images_dir, signature("images", cfg.sampling, ckpt.content_hash))
+    t0 = time.perf_counter()
+    utilities = score(cfg, layout, load_image_set(spec.images_dir))
+    score_s = time.perf_counter() - t0
+    cost = ckpt.metadata["cost_s"] + img.metadata["cost_s"] + score_s
+    store.upsert("utilities", _utility_rows(cfg, coalition.key, utilities, method, spec.seed, cost,
+                                            spec.base_version, img.metadata["n_images"], spec.utility_signature,
+                                            members_base_predates(layout, coalition.members, method)))
+    return UtilityOutcome(coalition, ckpt, img, utilities, time.perf_counter() - start,
+                          {"score_s": score_s, "method": method, "seed": spec.seed, "images_dir": str(spec.images_dir)})
+
+
+def measure_utility_all_seeds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coalition: Coalition,
+                              log: Log = quiet) -> list[UtilityOutcome]:
+    """Every utility a valuation by ``cfg.valuation.method`` needs for this coalition (one per seed)."""
+    method = cfg.valuation.method
+    return [measure_utility(cfg, layout, store, coalition, log, method, s) for s in cfg.utility_seeds(method)]
+
+
+def measure_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
+                            log: Log = quiet) -> UtilityOutcome:
+    """v(∅): images of the untrained model (seeded random init), same noise, same scorers."""
+    start = time.perf_counter()
+    model = get_backend(cfg).build(seed=cfg.train.seed)  # sd_lora: the base model (a zero adapter)
+    img = _generate_and_save(cfg, model, layout.untrained_images_dir, untrained_images_signature(cfg))
+    utilities = score(cfg, layout, load_image_set(layout.untrained_images_dir))
+    elapsed = time.perf_counter() - start
+    store.upsert("utilities", _utility_rows(cfg, EMPTY_KEY, utilities, EMPTY_METHOD, empty_seed(cfg), elapsed,
+                                            None, img.metadata["n_images"], empty_utility_signature(cfg, layout)))
+    empty = make_coalition([], "empty", -1)
+    return UtilityOutcome(empty, StageResult("untrained", True, 0.0), img, utilities, elapsed)
+
+
+def full_model_utility_signature(cfg: PipelineConfig, layout: RunLayout) -> str:
+    return signature("utility-full-model", cfg.sampling, content_hash(layout.full_model_dir),
+                     *instruments_signature(cfg, layout))
+
+
+def measure_full_model(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
+                       log: Log = quiet) -> UtilityOutcome:
+    """Properties of θ* itself (method ``full_model``), and how many of its samples the
+    reference classifier recognises (probability ≥ 0.5)."""
+    start = time.perf_counter()
+    ids = contributor_ids(layout)
+    full_version = content_hash(layout.full_model_dir)
+    model = get_backend(cfg).load(layout.full_model_dir)
+    img = _generate_and_save(cfg, model, layout.full_model_images_dir,
+                             signature("full_images", cfg.sampling, full_version))
+    images = load_image_set(layout.full_model_images_dir)
+    utilities = score(cfg, layout, images)
+    recognized = float(recognized_fraction(images, property_context(cfg, layout).classifier, threshold=0.5))
+    log(f"full model: {recognized:.1%} of {len(images)} samples recognised with probability >= 0.5")
+    elapsed = time.perf_counter() - start
+    full = make_coalition(ids, "full", 0)
+    store.upsert("utilities", _utility_rows(cfg, full.key, utilities, "full_model", cfg.train.seed, elapsed,
+                                            full_version, img.metadata["n_images"],
+                                            full_model_utility_signature(cfg, layout)))
+    return UtilityOutcome(full, StageResult(full_version, True, 0.0), img, utilities, elapsed,
+                          {"recognized_fraction": recognized})

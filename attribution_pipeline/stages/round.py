@@ -1,0 +1,199 @@
+"""The round: what a valuation round still needs, decided in one place.
+
+``next_step`` compares the contributors a round values (a snapshot) with the work directory and
+DuckDB and answers one of: ``base`` (register the contributors, build the instruments, the full
+model, the pruned base, the plan and v(∅)), ``coalitions`` (exactly which coalition partitions lack
+a current utility), ``shapley`` (fit a new round), ``idle`` (up to date) or ``wait`` (nothing can
+run, with why). The CLI, the contributors sensor and the re-valuation schedule all ask it and only
+launch what it says (``runner.py``, ``defs/sensors.py``, ``defs/schedules.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from attribution_pipeline.coalitions import EMPTY_KEY, Coalition
+from attribution_pipeline.config import PipelineConfig
+from attribution_pipeline.layout import RunLayout, current_signature, signature
+from attribution_pipeline.stages.contributors import data_versions, read_contributors, too_few
+from attribution_pipeline.stages.measure import full_model_utility_signature
+from attribution_pipeline.stages.models import models_up_to_date
+from attribution_pipeline.stages.plan import Plan, budget_problem, coalitions_by_key, plan_up_to_date, read_plan
+from attribution_pipeline.stages.reference import reference_up_to_date
+from attribution_pipeline.stages.utility import EMPTY_METHOD, empty_seed, empty_utility_signature, utility_spec
+from attribution_pipeline.storage.results import ResultStore
+
+
+def _current(row: dict, expected: str | None) -> bool:
+    """Rows written before utilities carried signatures count as current."""
+    return row.get("inputs_signature") in (None, expected)
+
+
+def empty_utilities(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> dict[tuple[str, str], float]:
+    """{(EMPTY_KEY, property): v(∅)}: the untrained model's, the same for every method, when current."""
+    df = store.utilities_for([EMPTY_KEY], method=EMPTY_METHOD)
+    expected = empty_utility_signature(cfg, layout)
+    return {(EMPTY_KEY, r["property"]): r["value"] for r in (df.iter_rows(named=True) if len(df) else [])
+            if r["seed"] == empty_seed(cfg) and _current(r, expected)}
+
+
+def method_utilities(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, keys: list[str],
+                     properties: list[str], method: str) -> dict[tuple[str, str], float]:
+    """{(coalition_key, property): utility} by ``method``, averaged over the method's seeds; a key
+    is present only when every seed's utility is there (and, where recorded, current)."""
+    df = store.utilities_for(keys, method=method)
+    if not len(df):
+        return {}
+    seeds = set(cfg.utility_seeds(method))
+    coalitions = coalitions_by_key(store, keys)
+    data = data_versions(read_contributors(layout))
+    expected = {(k, s): utility_spec(cfg, layout, coalitions[k], method, s, data).utility_signature
+                for k in keys for s in seeds}
+    by: dict[tuple[str, str], dict[int, float]] = {}
+    for r in df.iter_rows(named=True):
+        current = _current(r, expected.get((r["coalition_key"], r["seed"])))
+        if r["seed"] in seeds and current:
+            by.setdefault((r["coalition_key"], r["property"]), {})[r["seed"]] = r["value"]
+    return {k: float(np.mean(list(v.values()))) for k, v in by.items() if set(v) == seeds and k[1] in properties}
+
+
+@dataclass
+class Pool:
+    """The current plan's utilities by one method: what a valuation round would be fitted on."""
+
+    plan: Plan
+    full: Coalition
+    sampled: list[Coalition]
+    utilities: dict[tuple[str, str], float]  # {(coalition_key, property): utility}
+    missing: list[str]  # coalition keys (∅ included) lacking a current utility
+    round_id: str | None  # the id the round will have; None while utilities are missing
+
+
+def gather_pool(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> Pool:
+    """Read the plan and its current utilities; raises when the plan is stale (contributors changed)."""
+    method = cfg.valuation.method
+    plan = read_plan(layout)
+    current = [c["contributor"] for c in read_contributors(layout)["contributors"]]
+    if current != plan.contributors:
+        raise RuntimeError("the contributors changed since the coalition plan was made; "
+                           "materialize `coalition_plan` (and the new coalition partitions) first")
+    full, sampled = plan.coalitions[0], plan.coalitions[1:]
+    keys = sorted({c.key for c in plan.coalitions})
+    properties = list(cfg.valuation.properties)
+    have = method_utilities(cfg, layout, store, keys, properties, method)
+    have.update(empty_utilities(cfg, layout, store))
+    missing = sorted({k for k in [*keys, EMPTY_KEY] for p in properties if (k, p) not in have})
+    round_id = None if missing else "r-" + signature(plan.content_hash, sorted(have.items()), cfg.valuation.estimator,
+                                                     cfg.valuation.seed, method)
+    return Pool(plan, full, sampled, have, missing, round_id)
+
+
+def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) -> list[tuple[str, str, int]]:
+    """Group missing keys into (first, last, count) ranges contiguous in the partition order,
+    each of at most ``per_run`` keys."""
+    position = {k: i for i, k in enumerate(ordered_keys)}
+    idx = sorted(position[k] for k in missing)
+    runs, start, prev, count = [], None, -1, 0
+    for i in idx:
+        if start is None:
+            start, count = i, 1
+        elif i == prev + 1 and count < per_run:
+            count += 1
+        else:
+            runs.append((ordered_keys[start], ordered_keys[prev], count))
+            start, count = i, 1
+        prev = i
+    if start is not None:
+        runs.append((ordered_keys[start], ordered_keys[prev], count))
+    return runs
+
+
+@dataclass
+class CoalitionWork:
+    """Planned coalitions without a current utility, split by what they need."""
+
+    train: list[str]  # no valid checkpoint: fine-tune (or retrain), generate, score
+    rescore: list[str]  # checkpoint and images valid, the instruments changed: score again
+
+    @property
+    def keys(self) -> list[str]:
+        return [*self.train, *self.rescore]
+
+
+def split_work(cfg: PipelineConfig, layout: RunLayout, coalitions: Sequence[Coalition],
+               method: str | None = None) -> CoalitionWork:
+    """Which of ``coalitions`` (missing utilities) must be trained and which only re-scored."""
+    method = method or cfg.valuation.method
+    data = data_versions(read_contributors(layout))
+    train, rescore = [], []
+    for c in coalitions:
+        ok = True
+        for seed in cfg.utility_seeds(method):
+            spec = utility_spec(cfg, layout, c, method, seed, data)
+            ok &= current_signature(spec.checkpoint_dir) == spec.checkpoint_signature
+        (rescore if ok else train).append(c.key)
+    return CoalitionWork(train, rescore)
+
+
+@dataclass
+class Step:
+    """What a round needs next: ``base`` (register the snapshot, base, plan), ``coalitions`` (``keys``),
+    ``shapley`` (a new round, ``round_id``), ``idle`` (up to date) or ``wait`` (nothing can run)."""
+
+    kind: str
+    reason: str
+    keys: list[str] = field(default_factory=list)
+    round_id: str | None = None
+
+
+def _base_stale(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> str | None:
+    """Why the base job must run again (instruments, θ*, θ̃*, plan, θ*'s own utilities), or None."""
+    if not reference_up_to_date(cfg, layout):
+        return "the property instruments are not up to date"
+    if not models_up_to_date(cfg, layout):
+        return "the full model or the pruned base is not up to date"
+    if not plan_up_to_date(cfg, layout):
+        return "the coalition plan is not up to date (contributors, base, budget or seed changed)"
+    rows = store.utilities_for([read_plan(layout).coalitions[0].key], method="full_model")
+    expected = full_model_utility_signature(cfg, layout)
+    have = {r["property"] for r in (rows.iter_rows(named=True) if len(rows) else []) if _current(r, expected)}
+    if not set(cfg.valuation.properties) <= have:
+        return "the full model's own properties are not measured yet"
+    return None
+
+
+def next_step(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, accepted: dict[str, str],
+              rejected: Iterable[str] = ()) -> Step:
+    """What the round valuing ``accepted`` ({id: data_hash}, validated) needs next.
+
+    rejected: ids of folders that failed validation. A registered contributor whose folder became
+    invalid pauses the round (``wait``) instead of being dropped: fix the folder, or remove it.
+    """
+    problem = too_few(len(accepted), "contributors") or budget_problem(cfg.valuation.budget, len(accepted))
+    if problem:
+        return Step("wait", problem)
+    data = data_versions(read_contributors(layout)) if (layout.data_dir / "manifest.json").is_file() else {}
+    broken = sorted(set(rejected) & set(data))
+    if broken:
+        return Step("wait", f"registered contributor(s) {broken} now fail validation: fix or remove their folders")
+    if data != accepted:
+        new = sorted(set(accepted) - set(data))
+        gone = sorted(set(data) - set(accepted))
+        changed = sorted(c for c in accepted if c in data and data[c] != accepted[c])
+        return Step("base", f"contributors changed: new {new or '-'}, changed {changed or '-'}, removed {gone or '-'}")
+    stale = _base_stale(cfg, layout, store)
+    if stale:
+        return Step("base", stale)
+    pool = gather_pool(cfg, layout, store)
+    if EMPTY_KEY in pool.missing:
+        return Step("base", "v(∅) has no current utility")
+    if pool.missing:
+        return Step("coalitions", f"{len(pool.missing)} planned coalition(s) lack a current "
+                                  f"{cfg.valuation.method} utility", pool.missing)
+    have = store.query("SELECT count(*) AS n FROM valuation_rounds WHERE round_id = ?", [pool.round_id])["n"][0]
+    if have:
+        return Step("idle", f"round {pool.round_id} is up to date", round_id=pool.round_id)
+    return Step("shapley", "every planned coalition has its utility: fit the round", round_id=pool.round_id)
