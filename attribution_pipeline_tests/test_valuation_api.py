@@ -1,4 +1,4 @@
-"""The public API: import hygiene, result fields, method selection, and what errors say."""
+"""The public API: import hygiene, result fields, estimator selection, and what errors say."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from attribution_pipeline.valuation import METHODS, CoalitionDesign, applicable_methods, estimate
+from attribution_pipeline.valuation import ESTIMATORS, CoalitionDesign, applicable_estimators, estimate
 from attribution_pipeline.valuation.games import CoverageGame, PairwiseGame
 
 
@@ -35,7 +35,7 @@ def test_result_fields_and_shapes():
         assert getattr(res, name).shape == (n,), name
     assert np.all(res.ci_low <= res.values) and np.all(res.values <= res.ci_high)
     assert np.all(res.rank_low >= 1) and np.all(res.rank_high <= n) and np.all(res.rank_low <= res.rank_high)
-    assert res.method in METHODS and res.value_kind == "shapley"
+    assert res.estimator in ESTIMATORS and res.value_kind == "shapley"
     assert res.n_coalitions == 120 and res.noise_std is None
     assert res.top_k == 5  # ⌈0.4 n⌉
     assert res.p_top.sum() == pytest.approx(res.top_k)
@@ -47,7 +47,7 @@ def test_result_fields_and_shapes():
 
 def test_same_seed_same_result_other_seed_other_bootstrap():
     game, masks, values = _pool()
-    kwargs = dict(empty_value=game.empty_value, full_value=game.full_value, method="regression-msr")
+    kwargs = dict(empty_value=game.empty_value, full_value=game.full_value, estimator="regression-msr")
     a = estimate(masks, values, seed=3, **kwargs)
     b = estimate(masks, values, seed=3, **kwargs)
     c = estimate(masks, values, seed=4, **kwargs)
@@ -62,32 +62,32 @@ def test_auto_picks_by_pool_and_warns_on_small_budgets():
     kwargs = dict(empty_value=game.empty_value, full_value=game.full_value)
     small = CoalitionDesign(n, seed=0).take(2 * n)
     res = estimate(small, game(small), **kwargs)
-    assert res.method == "kernelshap"
+    assert res.estimator == "kernelshap"
     assert any("3n" in w for w in res.warnings)
     medium = CoalitionDesign(n, seed=0).take(10 * n)
     res = estimate(medium, game(medium), **kwargs)
-    assert res.method == "proxy" and not any("3n" in w for w in res.warnings)
+    assert res.estimator == "proxy" and not any("3n" in w for w in res.warnings)
     large = CoalitionDesign(n, seed=0).take(20 * n)
-    assert estimate(large, game(large), **kwargs).method == "regression-msr"
+    assert estimate(large, game(large), **kwargs).estimator == "regression-msr"
     n_big = 40
     big_game = CoverageGame.random(n_big, seed=1)
     tiny = CoalitionDesign(n_big, seed=0).take(2 * n_big)
     assert estimate(tiny, big_game(tiny), empty_value=big_game.empty_value, full_value=big_game.full_value,
-                    n_bootstrap=20).method == "proxy"
+                    n_bootstrap=20).estimator == "proxy"
     chains = CoalitionDesign(n, seed=0, design="permutation").take(2 * (n - 1))
-    assert estimate(chains[: n - 1], game(chains[: n - 1]), **kwargs).method == "permutation"
+    assert estimate(chains[: n - 1], game(chains[: n - 1]), **kwargs).estimator == "permutation"
 
 
-def test_applicable_methods():
+def test_applicable_estimators():
     n = 6
     loo = ~np.eye(n, dtype=bool)
-    methods = applicable_methods(loo, n)
-    assert "loo" in methods and "exact" not in methods and "permutation" not in methods
+    allowed = applicable_estimators(loo, n)
+    assert "loo" in allowed and "exact" not in allowed and "permutation" not in allowed
     every = CoalitionDesign(n, seed=0).take(2**n)
-    assert set(applicable_methods(every, n)) >= {"exact", "kernelshap", "banzhaf-msr", "loo"}
+    assert set(applicable_estimators(every, n)) >= {"exact", "kernelshap", "banzhaf-msr", "loo"}
     chains = CoalitionDesign(n, seed=0, design="permutation").take(4 * (n - 1))
-    assert "permutation" in applicable_methods(chains, n)
-    assert "permutation" not in applicable_methods(CoalitionDesign(n, seed=0).take(40), n)
+    assert "permutation" in applicable_estimators(chains, n)
+    assert "permutation" not in applicable_estimators(CoalitionDesign(n, seed=0).take(40), n)
 
 
 @pytest.mark.parametrize(
@@ -98,11 +98,11 @@ def test_applicable_methods():
         (np.eye(4, dtype=bool), np.array([1.0, np.nan, 1.0, 1.0]), {}, "non-finite"),
         (np.vstack([np.eye(4, dtype=bool), np.zeros(4, dtype=bool)]), np.ones(5), {}, "empty coalition"),
         (np.vstack([np.eye(4, dtype=bool), np.ones(4, dtype=bool)]), np.ones(5), {}, "full coalition"),
-        (np.eye(4, dtype=bool), np.ones(4), {"method": "shapley-magic"}, "unknown method"),
-        (np.eye(4, dtype=bool), np.ones(4), {"method": "exact"}, "every one of the 2\\^4 − 2 = 14"),
-        (np.eye(4, dtype=bool), np.ones(4), {"method": "loo"}, "leave-one-out coalitions"),
-        (np.eye(4, dtype=bool), np.ones(4), {"method": "permutation"}, "permutation chain"),
-        (np.eye(4, dtype=bool)[:2], np.ones(2), {"method": "kernelshap"}, "at least n = 4 distinct"),
+        (np.eye(4, dtype=bool), np.ones(4), {"estimator": "shapley-magic"}, "unknown estimator"),
+        (np.eye(4, dtype=bool), np.ones(4), {"estimator": "exact"}, "every one of the 2\\^4 − 2 = 14"),
+        (np.eye(4, dtype=bool), np.ones(4), {"estimator": "loo"}, "leave-one-out coalitions"),
+        (np.eye(4, dtype=bool), np.ones(4), {"estimator": "permutation"}, "permutation chain"),
+        (np.eye(4, dtype=bool)[:2], np.ones(2), {"estimator": "kernelshap"}, "at least n = 4 distinct"),
         (np.eye(4, dtype=bool), np.ones(4), {"proxy": "forest"}, "proxy"),
         (np.eye(4, dtype=bool), np.ones(4), {"top_k": 9}, "top_k"),
     ],
@@ -114,7 +114,7 @@ def test_errors_say_what_is_wrong(masks, values, kwargs, message):
 
 def test_p_top_k_rejects_bad_k():
     game, masks, values = _pool()
-    res = estimate(masks, values, empty_value=game.empty_value, full_value=game.full_value, method="kernelshap")
+    res = estimate(masks, values, empty_value=game.empty_value, full_value=game.full_value, estimator="kernelshap")
     with pytest.raises(ValueError, match="k must be"):
         res.p_top_k(0)
 
@@ -125,7 +125,7 @@ def test_rank_intervals_are_tight_when_values_are_well_separated():
     masks = CoalitionDesign(n, seed=0).take(60)
     rng = np.random.default_rng(0)
     values = game(masks) + rng.normal(0, 0.1, len(masks))
-    res = estimate(masks, values, empty_value=0.0, full_value=game.full_value, method="kernelshap")
+    res = estimate(masks, values, empty_value=0.0, full_value=game.full_value, estimator="kernelshap")
     expected_rank = n - np.arange(n)
     np.testing.assert_array_equal(res.rank_low, expected_rank)
     np.testing.assert_array_equal(res.rank_high, expected_rank)

@@ -17,10 +17,10 @@ from attribution_pipeline.valuation.games import (
 SHAPLEY_SAMPLED = ("kernelshap", "leverage", "regression-msr", "proxy", "kernelshap-paper")
 
 
-def _run(game, masks, method, **kwargs):
+def _run(game, masks, estimator, **kwargs):
     kwargs.setdefault("n_bootstrap", 50)
     return estimate(masks, game(masks), empty_value=game.empty_value, full_value=game.full_value,
-                    method=method, **kwargs)
+                    estimator=estimator, **kwargs)
 
 
 def _rel_err(estimate_values, truth):
@@ -63,11 +63,11 @@ def test_unpaired_kernel_is_not_exact_on_pairwise_games():
     ],
     ids=["glove", "airport", "voting", "coverage"],
 )
-def test_exact_method_on_complete_pool(game):
+def test_exact_estimator_on_complete_pool(game):
     n = game.n_players
     masks = CoalitionDesign(n, seed=0).take(2**n)  # the whole sequence: every coalition
     res = _run(game, masks, "auto")
-    assert res.method == "exact"
+    assert res.estimator == "exact"
     np.testing.assert_allclose(res.values, game.shapley_values(), atol=1e-10)
     assert res.values.sum() == pytest.approx(game.full_value - game.empty_value)
     banzhaf = _run(game, masks, "banzhaf-msr")
@@ -86,8 +86,8 @@ def test_exact_agrees_with_shapiq():
     np.testing.assert_allclose(banzhaf.values, computer("BV").get_n_order_values(1), atol=1e-10)
 
 
-@pytest.mark.parametrize("method", ["kernelshap", "regression-msr", "proxy", "kernelshap-paper", "leverage"])
-def test_efficiency_symmetry_and_null_player(method):
+@pytest.mark.parametrize("estimator", ["kernelshap", "regression-msr", "proxy", "kernelshap-paper", "leverage"])
+def test_efficiency_symmetry_and_null_player(estimator):
     # Players 0 and 1 are symmetric, player 2 is null; the rest interact pairwise.
     n = 12
     linear = np.linspace(1.0, 3.0, n)
@@ -97,19 +97,19 @@ def test_efficiency_symmetry_and_null_player(method):
     pairwise[0, 5] = pairwise[1, 5] = 1.5
     pairwise[3, 4] = -1.0
     game = PairwiseGame(linear, pairwise + pairwise.T)
-    design = {"kernelshap-paper": "kernel", "leverage": "leverage"}.get(method, "paired-kernel")
+    design = {"kernelshap-paper": "kernel", "leverage": "leverage"}.get(estimator, "paired-kernel")
     masks = CoalitionDesign(n, seed=1, design=design).take(20 * n)
-    res = _run(game, masks, method)
+    res = _run(game, masks, estimator)
     assert res.values.sum() == pytest.approx(game.full_value - game.empty_value, abs=1e-9)
     truth = game.shapley_values()
-    tol = 1e-6 if method in ("kernelshap", "leverage") else 0.1 * np.abs(truth).max()
+    tol = 1e-6 if estimator in ("kernelshap", "leverage") else 0.1 * np.abs(truth).max()
     assert abs(res.values[0] - res.values[1]) < 2 * tol
     assert abs(res.values[2]) < tol
     assert np.max(np.abs(res.values - truth)) < (tol if tol == 1e-6 else 0.5 * np.abs(truth).max())
 
 
 @pytest.mark.parametrize(
-    "method, design, bound",
+    "estimator, design, bound",
     [
         ("kernelshap", "paired-kernel", 0.25),
         ("leverage", "leverage", 0.25),
@@ -119,11 +119,11 @@ def test_efficiency_symmetry_and_null_player(method):
         ("kernelshap-paper", "kernel", 0.4),
     ],
 )
-def test_error_bounds_on_a_game_with_interactions_of_every_order(method, design, bound):
+def test_error_bounds_on_a_game_with_interactions_of_every_order(estimator, design, bound):
     n = 20
     game = CoverageGame.random(n, seed=11)
     masks = CoalitionDesign(n, seed=0, design=design).take(20 * n)
-    res = _run(game, masks, method)
+    res = _run(game, masks, estimator)
     assert _rel_err(res.values, game.shapley_values()) < bound
 
 
@@ -155,7 +155,7 @@ def test_loo_uses_the_leave_one_out_coalitions_and_repeats_give_noise():
     masks = np.vstack([loo, loo, loo])
     rng = np.random.default_rng(0)
     values = game(masks) + rng.normal(0, 0.1, len(masks))
-    res = estimate(masks, values, empty_value=game.empty_value, full_value=game.full_value, method="loo")
+    res = estimate(masks, values, empty_value=game.empty_value, full_value=game.full_value, estimator="loo")
     expected = game.full_value - values.reshape(3, n).mean(axis=0)
     np.testing.assert_allclose(res.values, expected)
     assert res.value_kind == "loo"
@@ -200,9 +200,9 @@ def test_repeated_rows_are_averaged_and_measure_noise():
     rng = np.random.default_rng(1)
     values = game(repeated) + rng.normal(0, 0.05, len(repeated))
     res = estimate(repeated, values, empty_value=game.empty_value, full_value=game.full_value,
-                   method="kernelshap", n_bootstrap=50)
+                   estimator="kernelshap", n_bootstrap=50)
     averaged = estimate(masks, values.reshape(4, -1).mean(axis=0), empty_value=game.empty_value,
-                        full_value=game.full_value, method="kernelshap", n_bootstrap=0)
+                        full_value=game.full_value, estimator="kernelshap", n_bootstrap=0)
     np.testing.assert_allclose(res.values, averaged.values, atol=1e-12)
     assert res.n_coalitions == 60 and res.n_evaluations == 240
     assert res.noise_std == pytest.approx(0.05, rel=0.2)

@@ -11,9 +11,9 @@ from attribution_pipeline.valuation.pool import bootstrap_weights, build_pool
 from attribution_pipeline.valuation.result import RawEstimate, summarize
 
 
-@pytest.mark.parametrize("method, design", [("kernelshap", "paired-kernel"), ("regression-msr", "paired-kernel"),
+@pytest.mark.parametrize("estimator, design", [("kernelshap", "paired-kernel"), ("regression-msr", "paired-kernel"),
                                             ("banzhaf-msr", "bernoulli")])
-def test_intervals_cover_the_truth_on_a_noisy_game(method, design):
+def test_intervals_cover_the_truth_on_a_noisy_game(estimator, design):
     # At n = 10 the Shapley kernel exhausts the smallest and largest sizes, where the with-replacement
     # bootstrap over-states the sampling variance (documented); n = 20 is the acceptance setting.
     n, repeats = 20, 15
@@ -23,7 +23,7 @@ def test_intervals_cover_the_truth_on_a_noisy_game(method, design):
     for seed in range(repeats):
         masks = CoalitionDesign(n, seed=seed, design=design).take(10 * n)
         values = noisy_values(game, masks, 0.5, seed=seed)
-        res = estimate(masks, values, empty_value=game.empty_value, full_value=game.full_value, method=method,
+        res = estimate(masks, values, empty_value=game.empty_value, full_value=game.full_value, estimator=estimator,
                        seed=seed, n_bootstrap=100)
         truth = banzhaf if res.value_kind == "banzhaf" else phi
         inside.append(np.mean((res.ci_low <= truth) & (truth <= res.ci_high)))
@@ -44,14 +44,15 @@ def test_bootstrap_resamples_pairs_together():
 def test_summary_uses_t_quantiles_and_nan_without_information():
     values = np.array([3.0, 2.0, 1.0])
     raw = RawEstimate(values, None, np.array([1.0, 1.0, 1.0]), np.array([1.0, 5.0, 1e6]), "test")
-    res = summarize(raw, method="kernelshap", n_coalitions=3, n_evaluations=3, noise_std=None,
-                    confidence=0.95, top_k=1)
+    res = summarize(raw, estimator="kernelshap", value_kind="shapley", n_coalitions=3, n_evaluations=3,
+                    noise_std=None, confidence=0.95, top_k=1)
     half = res.ci_high - values
     assert half[0] == pytest.approx(12.706, rel=1e-3)
     assert half[1] == pytest.approx(2.571, rel=1e-3)
     assert half[2] == pytest.approx(1.960, rel=1e-3)
     raw = RawEstimate(values, None, None, 0, "none")
-    res = summarize(raw, method="loo", n_coalitions=3, n_evaluations=3, noise_std=None, confidence=0.95, top_k=1)
+    res = summarize(raw, estimator="loo", value_kind="loo", n_coalitions=3, n_evaluations=3, noise_std=None,
+                    confidence=0.95, top_k=1)
     assert np.all(np.isnan(res.ci_low)) and np.array_equal(res.rank_low, [1, 2, 3])
 
 
@@ -61,7 +62,7 @@ def test_estimate_with_bootstrap_is_fast_at_n_200_b_2000():
     masks = CoalitionDesign(n, seed=0).take(2000)
     values = game(masks)
     start = time.perf_counter()
-    res = estimate(masks, values, empty_value=game.empty_value, full_value=game.full_value, method="kernelshap",
+    res = estimate(masks, values, empty_value=game.empty_value, full_value=game.full_value, estimator="kernelshap",
                    n_bootstrap=200)
     assert time.perf_counter() - start < 15.0  # ≈ 1 s alone; generous for a shared machine
     assert res.draws.shape == (200, n) and np.all(res.std_errors > 0)

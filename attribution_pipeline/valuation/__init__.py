@@ -1,25 +1,27 @@
 """Shapley valuation of data contributors from one shared pool of evaluated coalitions.
 
 Pure numpy/scipy (scikit-learn for the tree proxy, imported only when used); imports neither torch
-nor Dagster.
+nor Dagster. "Estimator" here is how the values are fitted from the pool (``ESTIMATORS``); how a
+coalition's utility is measured (sft/ft/retrain) is the pipeline's "method" and is not seen here.
 
     from attribution_pipeline.valuation import CoalitionDesign, estimate
     design = CoalitionDesign(n_players=n, seed=0)     # paired, Shapley-kernel sizes, prefix-stable
     masks = design.take(B)                            # (B, n) bool, never ∅ or N
-    res = estimate(masks, values, empty_value=v0, full_value=vN, method="auto", seed=0)
+    res = estimate(masks, values, empty_value=v0, full_value=vN, estimator="auto", seed=0)
     res.values, res.std_errors, res.ci_low, res.ci_high, res.rank_low, res.rank_high, res.p_top
 """
 
 from attribution_pipeline.valuation.design import DESIGNS, CoalitionDesign
-from attribution_pipeline.valuation.estimate import METHODS, applicable_methods, estimate, select_method
+from attribution_pipeline.valuation.estimate import applicable_estimators, estimate, select_estimator
+from attribution_pipeline.valuation.registry import ESTIMATORS
 from attribution_pipeline.valuation.result import ValuationResult
 
 __all__ = [
     "DESIGNS",
-    "METHODS",
+    "ESTIMATORS",
     "CoalitionDesign",
     "ValuationResult",
-    "applicable_methods",
+    "applicable_estimators",
     "estimate",
-    "select_method",
+    "select_estimator",
 ]

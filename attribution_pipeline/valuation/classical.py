@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from attribution_pipeline.valuation.coalitions import shapley_coefficients
+from attribution_pipeline.valuation.estimator import Estimator
 from attribution_pipeline.valuation.pool import CoalitionPool
 from attribution_pipeline.valuation.result import RawEstimate
 
@@ -67,11 +68,10 @@ def leave_one_out(pool: CoalitionPool, seed: int, n_draws: int) -> RawEstimate:
         return RawEstimate(values, None, None, 0,
                            "none: leave-one-out has no sampling error to resample and the utility noise "
                            "is unknown (evaluate the coalitions more than once to get intervals)",
-                           value_kind="loo",
                            warnings=["loo: no repeated rows, so no noise estimate; intervals are NaN"])
     se = pool.noise_std / np.sqrt(pool.multiplicity[rows])
     return RawEstimate(values, _noise_draws(values, se, n_draws, seed), se, pool.noise_dof,
-                       "utility noise from repeated rows (v(N) exact)", value_kind="loo")
+                       "utility noise from repeated rows (v(N) exact)")
 
 
 def permutation_chains(pool: CoalitionPool) -> tuple[np.ndarray | None, str]:
@@ -106,7 +106,7 @@ def permutation(pool: CoalitionPool, seed: int, n_draws: int) -> RawEstimate:
         path = np.concatenate([[pool.empty_value], row_values[rows], [pool.full_value]])
         step = n - block.sum(axis=0)  # a contributor added at step j is in n − j rows of the chain
         contributions[k] = np.diff(path)[step - 1]
-    warnings = ["permutation: marginal contributions difference two noisy evaluations; use this method "
+    warnings = ["permutation: marginal contributions difference two noisy evaluations; use this estimator "
                 "for noise-free utilities only"]
     leftover = pool.masks.shape[0] - n_chains * (n - 1)
     if leftover:
@@ -128,3 +128,33 @@ def permutation(pool: CoalitionPool, seed: int, n_draws: int) -> RawEstimate:
     kind = "antithetic pairs of chains" if antithetic else "chains"
     return RawEstimate(values, draws, se, n_units - 1,
                        f"standard error over {n_units} {kind}; ranks from their bootstrap", warnings=warnings)
+
+
+def _needs_complete(pool: CoalitionPool) -> str | None:
+    if is_complete(pool):
+        return None
+    n = pool.n_players
+    total = f"2^{n} − 2 = {2**n - 2}" if n <= 60 else f"2^{n} − 2"
+    return f"it needs every one of the {total} non-trivial coalitions; the pool has {pool.n_distinct}"
+
+
+def _needs_loo_rows(pool: CoalitionPool) -> str | None:
+    if loo_rows(pool) is not None:
+        return None
+    n = pool.n_players
+    have = int(np.sum(pool.sizes == n - 1))
+    return f"it needs all n = {n} leave-one-out coalitions N∖{{i}}; the pool has {have} of them"
+
+
+def _needs_chains(pool: CoalitionPool) -> str | None:
+    chains, why = permutation_chains(pool)
+    return None if chains is not None else why
+
+
+# The proxy option does not apply to these three; n_bootstrap is the number of rank-interval draws.
+EXACT = Estimator("exact", "shapley", _needs_complete, sampled=False,
+                  run=lambda pool, *, seed, n_bootstrap, proxy: exact(pool, seed, n_bootstrap))
+LOO = Estimator("loo", "loo", _needs_loo_rows,
+                run=lambda pool, *, seed, n_bootstrap, proxy: leave_one_out(pool, seed, n_bootstrap))
+PERMUTATION = Estimator("permutation", "shapley", _needs_chains,
+                        run=lambda pool, *, seed, n_bootstrap, proxy: permutation(pool, seed, n_bootstrap))

@@ -28,10 +28,10 @@ Designs (stratum probabilities; estimators re-weight by stratum, so any of them 
 - ``"leverage"``: Leverage SHAP (Musco & Witter 2025): sampling proportional to the leverage scores of
   the Shapley regression, which puts equal mass on every size; paired, without replacement.
 - ``"permutation"``: antithetic permutation chains: n − 1 rows S_1 ⊂ … ⊂ S_{n−1} with |S_j| = j, then
-  the chain of the reversed permutation; for ``estimate(method="permutation")``.
+  the chain of the reversed permutation; for ``estimate(estimator="permutation")``.
 
 Which to use: ``"paired-kernel"`` is the default. On our benchmark game (``benchmarks/estimators.py``)
-a ``"leverage"`` pool made the proxy-based estimators (what ``estimate(method="auto")`` uses from 3n
+a ``"leverage"`` pool made the proxy-based estimators (what ``estimate(estimator="auto")`` uses from 3n
 coalitions) 10–40% more accurate at n = 50 and 200, because the proxy sees coalitions of every size;
 on an airport game the kernel pool did better at large budgets. Measure on a pilot before switching.
 """

@@ -25,7 +25,9 @@ from __future__ import annotations
 import numpy as np
 
 from attribution_pipeline.valuation.coalitions import log_comb
-from attribution_pipeline.valuation.pool import CoalitionPool, stratum_totals
+from attribution_pipeline.valuation.estimator import Estimator, needs_coverage
+from attribution_pipeline.valuation.pool import CoalitionPool, point_and_bootstrap_weights, stratum_totals
+from attribution_pipeline.valuation.result import RawEstimate
 
 
 def shapley_msr_design(pool: CoalitionPool) -> np.ndarray:
@@ -85,3 +87,13 @@ def banzhaf_msr_std_errors(pool: CoalitionPool) -> np.ndarray:
         mean = (w * y[:, None]).sum(axis=0) / total
         var += (w**2 * (y[:, None] - mean[None, :]) ** 2).sum(axis=0) / total**2
     return (1.0 - 2.0 ** (1 - n)) * np.sqrt(var)
+
+
+def _run_banzhaf_msr(pool: CoalitionPool, *, seed: int, n_bootstrap: int, proxy: str) -> RawEstimate:
+    est = banzhaf_msr(pool, point_and_bootstrap_weights(pool, n_bootstrap, seed))
+    return RawEstimate(est[0], est[1:], banzhaf_msr_std_errors(pool), None,
+                       "analytic (MSR, rows as independent draws); ranks from a pair bootstrap")
+
+
+# The Shapley MSR above has no record of its own: it is the correction inside ``regression-msr``.
+BANZHAF_MSR = Estimator("banzhaf-msr", "banzhaf", needs_coverage, _run_banzhaf_msr)

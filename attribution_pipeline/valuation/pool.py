@@ -179,6 +179,16 @@ def bootstrap_weights(pool: CoalitionPool, n_resamples: int, seed: int) -> np.nd
     return counts[:, pool.unit].astype(np.float64) * pool.multiplicity[None, :]
 
 
+def point_and_bootstrap_weights(pool: CoalitionPool, n_resamples: int, seed: int) -> np.ndarray:
+    """Coalition weights (1 + R, U): row 0 the pool as evaluated (multiplicities), then the R
+    pair-bootstrap resamples of ``bootstrap_weights``, so one weighted estimator call returns the
+    point estimate in row 0 and its resamples after it."""
+    weights = pool.multiplicity[None, :].astype(np.float64)
+    if n_resamples > 0:
+        weights = np.vstack([weights, bootstrap_weights(pool, n_resamples, seed)])
+    return weights
+
+
 def stratum_totals(pool: CoalitionPool, weights: np.ndarray) -> np.ndarray:
     """Σ of weights over the coalitions of the same size, broadcast back to each coalition.
 

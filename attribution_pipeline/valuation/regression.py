@@ -28,10 +28,14 @@ All three return values that sum exactly to v(N) − v(∅) (efficiency).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from attribution_pipeline.valuation.coalitions import log_comb
-from attribution_pipeline.valuation.pool import CoalitionPool, stratum_totals
+from attribution_pipeline.valuation.estimator import Estimator, needs_regression
+from attribution_pipeline.valuation.pool import CoalitionPool, point_and_bootstrap_weights, stratum_totals
+from attribution_pipeline.valuation.result import RawEstimate
 
 # Relative ridge keeping the normal equations solvable when a resample is nearly rank-deficient; it
 # moves the solution by ~1e-10 relative, far below any sampling error.
@@ -129,24 +133,43 @@ def leverage_fit_warning(pool: CoalitionPool) -> str | None:
         return (
             "leverage: the pool's size distribution is not that of leverage sampling (chi-square "
             f"p = {p_value:.1e}); its weights assume CoalitionDesign(design='leverage'). Use "
-            "method='kernelshap', which re-weights any pool by size."
+            "estimator='kernelshap', which re-weights any pool by size."
         )
     return None
 
 
-def regression_estimates(pool: CoalitionPool, variant: str, weights: np.ndarray) -> np.ndarray:
-    """Shapley estimates (R, n) of one regression variant for coalition weights (R, U).
+def draw_weights(pool: CoalitionPool, weights: np.ndarray) -> np.ndarray:
+    """The paper's row weights ω = w (R, U): ordinary least squares on the draws."""
+    return weights
 
-    variant: "kernelshap", "leverage" or "kernelshap-paper" (see the module docstring).
+
+RowWeights = Callable[[CoalitionPool, np.ndarray], np.ndarray]
+
+
+def regression_estimates(pool: CoalitionPool, row_weights: RowWeights, weights: np.ndarray) -> np.ndarray:
+    """Shapley estimates (R, n) of the variant with ``row_weights`` for coalition weights (R, U).
+
+    row_weights: ``kernelshap_weights``, ``leverage_weights`` or ``draw_weights`` (the module docstring).
     """
-    if variant == "kernelshap":
-        omega = kernelshap_weights(pool, weights)
-    elif variant == "leverage":
-        omega = leverage_weights(pool, weights)
-    elif variant == "kernelshap-paper":
-        omega = weights
-    else:
-        raise ValueError(f"unknown regression variant {variant!r}")
     z = pool.coalitions.astype(np.float64)
     y = pool.mean_values - pool.empty_value
-    return solve_constrained(z, y, omega, pool.delta)
+    return solve_constrained(z, y, row_weights(pool, weights), pool.delta)
+
+
+def _regression_estimator(name: str, row_weights: RowWeights,
+                          pool_warning: Callable[[CoalitionPool], str | None] | None = None) -> Estimator:
+    """A regression variant with pair-bootstrap intervals (the fit is refitted on every resample)."""
+
+    def run(pool: CoalitionPool, *, seed: int, n_bootstrap: int, proxy: str) -> RawEstimate:
+        est = regression_estimates(pool, row_weights, point_and_bootstrap_weights(pool, n_bootstrap, seed))
+        warning = pool_warning(pool) if pool_warning is not None else None
+        return RawEstimate(est[0], est[1:], None, pool.n_units - 1,
+                           f"pair bootstrap ({n_bootstrap} resamples of {pool.n_units} units)",
+                           warnings=[warning] if warning else [])
+
+    return Estimator(name, "shapley", needs_regression, run)
+
+
+KERNELSHAP = _regression_estimator("kernelshap", kernelshap_weights)
+LEVERAGE = _regression_estimator("leverage", leverage_weights, leverage_fit_warning)
+KERNELSHAP_PAPER = _regression_estimator("kernelshap-paper", draw_weights)

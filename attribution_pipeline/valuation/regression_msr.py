@@ -31,8 +31,9 @@ from collections import OrderedDict
 
 import numpy as np
 
+from attribution_pipeline.valuation.estimator import Estimator, needs_cross_fit
 from attribution_pipeline.valuation.montecarlo import shapley_msr, shapley_msr_design
-from attribution_pipeline.valuation.pool import CoalitionPool, bootstrap_weights, stratum_totals
+from attribution_pipeline.valuation.pool import CoalitionPool, point_and_bootstrap_weights, stratum_totals
 from attribution_pipeline.valuation.proxies import FittedProxy, fit_proxy
 from attribution_pipeline.valuation.result import RawEstimate
 
@@ -119,13 +120,11 @@ def regression_msr(pool: CoalitionPool, kind: str, seed: int, n_bootstrap: int) 
     """Regression-adjusted MSR Shapley estimate with a ``kind`` ("tree"/"linear") proxy; efficient."""
     thetas, residuals = cross_fit(pool, kind, seed)
     base = thetas.mean(axis=0)
-    weights = pool.multiplicity[None, :].astype(np.float64)
-    if n_bootstrap > 0:
-        weights = np.vstack([weights, bootstrap_weights(pool, n_bootstrap, seed)])
+    weights = point_and_bootstrap_weights(pool, n_bootstrap, seed)
     # Residual game: g = v − v(∅) − f̄ at the pool (out of fold); its ∅/N terms are already in thetas.
     estimates = base[None, :] + shapley_msr(pool, residuals, weights, 0.0, 0.0)
     return RawEstimate(
-        estimates[0], estimates[1:] if n_bootstrap > 0 else None, None, effective_dof(pool, residuals),
+        estimates[0], estimates[1:], None, effective_dof(pool, residuals),
         f"pair bootstrap of the residual correction ({n_bootstrap} resamples of {pool.n_units} units; "
         f"{len(thetas)}-fold cross-fitted {kind} proxy held fixed)",
     )
@@ -155,11 +154,21 @@ def _bias_warning(pool: CoalitionPool, residuals: np.ndarray, seed: int) -> list
     With c the correction and Σ its bootstrap covariance, ‖c‖² − tr Σ estimates ‖bias‖² without bias;
     we warn when it exceeds tr Σ, i.e. when correcting would be expected to lower the error.
     """
-    weights = np.vstack([pool.multiplicity[None, :].astype(np.float64), bootstrap_weights(pool, 100, seed)])
+    weights = point_and_bootstrap_weights(pool, 100, seed)
     correction = shapley_msr(pool, residuals, weights, 0.0, 0.0)
     spread = float(np.sum(correction[1:].var(axis=0, ddof=1)))
     size = float(np.sum(correction[0] ** 2))
     if size - spread > spread:
         return [f"proxy: its bias looks larger than its sampling error (residual correction ‖c‖² = {size:.3g}, "
-                f"noise tr Σ = {spread:.3g}); method='regression-msr' corrects it"]
+                f"noise tr Σ = {spread:.3g}); estimator='regression-msr' corrects it"]
     return []
+
+
+REGRESSION_MSR = Estimator(
+    "regression-msr", "shapley", needs_cross_fit,
+    run=lambda pool, *, seed, n_bootstrap, proxy: regression_msr(pool, proxy, seed, n_bootstrap),
+)
+PROXY = Estimator(
+    "proxy", "shapley", needs_cross_fit,
+    run=lambda pool, *, seed, n_bootstrap, proxy: proxy_only(pool, proxy, seed, n_bootstrap),
+)

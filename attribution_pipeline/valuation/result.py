@@ -12,10 +12,11 @@ from scipy import stats
 class RawEstimate:
     """An estimator's output before summarising.
 
-    values (n,); draws (R, n) resampled estimates (bootstrap or a stated approximation) or None;
-    std_errors (n,) analytic standard errors or None (then taken from the draws); dof: degrees of
-    freedom of the t multiplier for the intervals (a number, or (n,) per contributor), or None for the
-    normal quantile; below 1 the intervals are NaN.
+    values (n,); draws (R, n) resampled estimates (bootstrap or a stated approximation), None or empty
+    when there is nothing to resample; std_errors (n,) analytic standard errors or None (then taken
+    from the draws); dof: degrees of freedom of the t multiplier for the intervals (a number, or (n,)
+    per contributor), or None for the normal quantile; below 1 the intervals are NaN. What kind of
+    value it is comes from the estimator's record (``Estimator.value_kind``), not from here.
     """
 
     values: np.ndarray
@@ -23,7 +24,6 @@ class RawEstimate:
     std_errors: np.ndarray | None
     dof: float | np.ndarray | None
     uncertainty: str
-    value_kind: str = "shapley"
     warnings: list[str] = field(default_factory=list)
 
 
@@ -32,7 +32,7 @@ class ValuationResult:
     """Estimated values of n contributors, in the utility's units.
 
     - ``values`` (n,): the estimates. For value_kind "shapley" they sum to v(N) − v(∅) whenever the
-      method guarantees efficiency (all but ``loo`` and ``banzhaf-msr``).
+      estimator guarantees efficiency (all but ``loo`` and ``banzhaf-msr``).
     - ``std_errors`` (n,); ``ci_low``, ``ci_high`` (n,): two-sided intervals at ``confidence``
       (default 95%): values ± q·std_errors, q a t or normal quantile (see ``uncertainty``). NaN when
       the pool cannot tell (e.g. ``loo`` without repeated rows).
@@ -41,7 +41,7 @@ class ValuationResult:
       ``top_k`` across the draws (``p_top_k(k)`` for another k).
     - ``draws`` (R, n): the resampled estimates the ranks come from (R = 1 and equal to ``values``
       when there is no sampling uncertainty to draw from).
-    - ``method``, ``value_kind`` ("shapley", "banzhaf" or "loo"), ``n_coalitions`` (distinct),
+    - ``estimator``, ``value_kind`` ("shapley", "banzhaf" or "loo"), ``n_coalitions`` (distinct),
       ``n_evaluations`` (rows), ``noise_std`` (utility noise from repeated rows, or None),
       ``uncertainty`` (how std_errors were obtained), ``warnings`` (tuple of sentences).
     """
@@ -55,7 +55,7 @@ class ValuationResult:
     p_top: np.ndarray
     top_k: int
     draws: np.ndarray
-    method: str
+    estimator: str
     value_kind: str
     n_coalitions: int
     n_evaluations: int
@@ -81,9 +81,10 @@ def ranks_of(draws: np.ndarray) -> np.ndarray:
     return stats.rankdata(-draws, axis=1, method="min").astype(np.int64)
 
 
-def summarize(raw: RawEstimate, *, method: str, n_coalitions: int, n_evaluations: int,
+def summarize(raw: RawEstimate, *, estimator: str, value_kind: str, n_coalitions: int, n_evaluations: int,
               noise_std: float | None, confidence: float, top_k: int) -> ValuationResult:
-    """Turn a RawEstimate into a ValuationResult (intervals, rank intervals, top-k odds)."""
+    """Turn a RawEstimate of ``estimator`` (which estimates ``value_kind`` values) into a
+    ValuationResult (intervals, rank intervals, top-k odds)."""
     values = np.asarray(raw.values, dtype=np.float64)
     n = len(values)
     draws = raw.draws
@@ -119,8 +120,8 @@ def summarize(raw: RawEstimate, *, method: str, n_coalitions: int, n_evaluations
         p_top=np.mean(ranks <= top_k, axis=0),
         top_k=int(top_k),
         draws=draws,
-        method=method,
-        value_kind=raw.value_kind,
+        estimator=estimator,
+        value_kind=value_kind,
         n_coalitions=int(n_coalitions),
         n_evaluations=int(n_evaluations),
         noise_std=noise_std,
