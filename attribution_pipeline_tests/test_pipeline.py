@@ -9,7 +9,8 @@ import pytest
 from attribution_pipeline.coalitions import EMPTY_KEY
 from attribution_pipeline.defs.partitions import coalition_partitions
 from attribution_pipeline.layout import RunLayout
-from attribution_pipeline.runner import partition_runs, run_valuation
+from attribution_pipeline.runner import run_valuation
+from attribution_pipeline.stages import partition_runs
 from attribution_pipeline.stages import read_plan
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline_tests.conftest import write_digit_contributors
@@ -73,7 +74,7 @@ def test_valuation_end_to_end_then_cached_then_grown(tiny_config, four_contribut
     # the same command again launches no coalition run and rewrites no checkpoint
     out2 = io.StringIO()
     assert run_valuation(cfg, out=out2) == 0
-    assert "coalitions (sft): 0 to evaluate" in out2.getvalue()
+    assert "is up to date" in out2.getvalue() and "[coalitions]" not in out2.getvalue()
     assert _coalition_runs(instance) == runs_before
     assert stamps == {k: (layout.coalition_checkpoint_dir(k) / "manifest.json").stat().st_mtime_ns for k in keys}
     assert store.query("SELECT count(*) AS n FROM valuation_rounds")["n"][0] == 1  # unchanged pool: no new round
@@ -85,7 +86,7 @@ def test_valuation_end_to_end_then_cached_then_grown(tiny_config, four_contribut
     plan2 = read_plan(layout)
     assert [c.key for c in plan2.coalitions[:7]] == [c.key for c in plan.coalitions]  # prefix-stable
     new = {c.key for c in plan2.coalitions} - keys
-    assert f"coalitions (sft): {len(new)} to evaluate" in out3.getvalue()
+    assert f"[coalitions] {len(new)} planned coalition(s) lack a current sft utility" in out3.getvalue()
     assert stamps == {k: (layout.coalition_checkpoint_dir(k) / "manifest.json").stat().st_mtime_ns for k in keys}
     assert store.query("SELECT count(*) AS n FROM valuation_rounds")["n"][0] == 2
 
