@@ -14,7 +14,7 @@ from attribution_pipeline.data.watch import watch_contributors
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.runner import run_valuation
 from attribution_pipeline.stages import prepare_contributors
-from attribution_pipeline.stages.revaluation import register_contributors
+from attribution_pipeline.stages import register_contributors
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline_tests.conftest import write_digit_contributors
 from attribution_pipeline_tests.test_contributors import _constant_png

@@ -8,10 +8,17 @@ import pytest
 
 from attribution_pipeline.coalitions import EMPTY_KEY
 from attribution_pipeline.layout import RunLayout, content_hash
-from attribution_pipeline.runner import missing_coalitions, run_valuation
-from attribution_pipeline.stages import read_plan, utility_spec
+from attribution_pipeline.runner import run_valuation
+from attribution_pipeline.stages import gather_pool, read_plan, utility_spec
 from attribution_pipeline.storage.artifacts import read_manifest
 from attribution_pipeline.storage.results import ResultStore
+
+
+def missing_coalitions(cfg, layout, method=None):
+    """Planned coalitions (∅ aside) lacking a current utility by ``method`` (the round's pool)."""
+    if method:
+        cfg = cfg.override({"valuation": {"method": method}})
+    return [k for k in gather_pool(cfg, layout, ResultStore(layout.database)).missing if k != EMPTY_KEY]
 
 
 def test_methods_are_stored_side_by_side_and_cached(tiny_config):
@@ -22,10 +29,10 @@ def test_methods_are_stored_side_by_side_and_cached(tiny_config):
         assert missing_coalitions(cfg, layout, method)  # nothing of this method yet
         out = io.StringIO()
         assert run_valuation(cfg.override({"valuation": {"method": method}}), out=out) == 0, out.getvalue()
-        assert f"coalitions ({method}): 5 to evaluate" in out.getvalue()
+        assert f"[coalitions] 5 planned coalition(s) lack a current {method} utility" in out.getvalue()
         again = io.StringIO()
         assert run_valuation(cfg.override({"valuation": {"method": method}}), out=again) == 0
-        assert f"coalitions ({method}): 0 to evaluate" in again.getvalue()  # cached, never recomputed
+        assert "is up to date" in again.getvalue() and "[coalitions]" not in again.getvalue()  # cached
 
     store = ResultStore(layout.database)
     plan = read_plan(layout)

@@ -15,9 +15,9 @@ from attribution_pipeline.models.latents import latents_dir
 from attribution_pipeline.stages import (
     build_property_reference,
     compute_shapley,
-    evaluate_coalition,
-    evaluate_empty_coalition,
-    evaluate_full_model,
+    measure_utility,
+    measure_empty_coalition,
+    measure_full_model,
     plan_coalitions,
     prepare_contributors,
     prune_base_model,
@@ -55,10 +55,10 @@ def run_stages(cfg: PipelineConfig) -> tuple[RunLayout, ResultStore]:
     train_full_model(cfg, layout)
     prune_base_model(cfg, layout)
     plan = plan_coalitions(cfg, layout, store)
-    evaluate_empty_coalition(cfg, layout, store)
+    measure_empty_coalition(cfg, layout, store)
     for coalition in plan.coalitions:
-        evaluate_coalition(cfg, layout, store, coalition)
-    evaluate_full_model(cfg, layout, store)
+        measure_utility(cfg, layout, store, coalition)
+    measure_full_model(cfg, layout, store)
     compute_shapley(cfg, layout, store)
     return layout, store
 

@@ -12,7 +12,7 @@ from attribution_pipeline.coalitions import coalitions_to_masks
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.runner import run_valuation
 from attribution_pipeline.stages import read_plan
-from attribution_pipeline.stages.revaluation import extend_pool
+from attribution_pipeline.stages.plan import extend_pool
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline.valuation import CoalitionDesign, estimate
 from attribution_pipeline.valuation.games import CoverageGame

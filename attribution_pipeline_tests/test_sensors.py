@@ -1,17 +1,18 @@
-"""The contributors sensor on a real instance, the folder watcher, and the optional schedule."""
+"""The launchers of a round on a real instance: the contributors sensor, the re-valuation schedule
+and its continuation; the folder watcher. Each only launches what ``stages.next_step`` decides."""
 
 import dagster as dg
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from PIL import Image
 
 from attribution_pipeline.data.watch import watch_contributors
 from attribution_pipeline.defs.build import build_definitions
 from attribution_pipeline.defs.partitions import coalition_partitions
 from attribution_pipeline.layout import RunLayout
-from attribution_pipeline.runner import missing_coalitions, run_valuation
-from attribution_pipeline.stages import read_plan
-from attribution_pipeline.stages.revaluation import split_work
+from attribution_pipeline.coalitions import EMPTY_KEY
+from attribution_pipeline.runner import run_valuation
+from attribution_pipeline.stages import gather_pool, read_plan
+from attribution_pipeline.stages.round import split_work
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline_tests.conftest import write_digit_contributors
 
@@ -40,8 +41,8 @@ class Tick:
 
     def partitions(self, request: dg.RunRequest) -> list[str]:
         ordered = self.instance.get_dynamic_partitions(coalition_partitions.name)
-        first, last = request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]
-        return ordered[ordered.index(first): ordered.index(last) + 1]
+        keys = request.partition_key_range
+        return ordered[ordered.index(keys.start): ordered.index(keys.end) + 1]
 
 
 @pytest.fixture
@@ -64,14 +65,14 @@ def test_sensor_registers_a_newcomer_then_requests_exactly_the_missing_coalition
     (root / "broken" / "zero.png").write_bytes(b"")  # a bad upload beside the good one: left out
     base = tick()
     assert [r.job_name for r in base.run_requests] == ["valuation_base"]
-    snapshot = base.run_requests[0].run_config["ops"]["contributors"]["config"]["snapshot"]
+    snapshot = base.run_requests[0].run_config["resources"]["pipeline"]["config"]["snapshot"]
     assert sorted(snapshot) == ["digit_0", "digit_1", "digit_4", "digit_7"]
     again = tick()  # not launched yet: the same run key, which the daemon launches only once
     assert [r.run_key for r in again.run_requests] == [base.run_requests[0].run_key]
     tick.execute(base.run_requests[0])
 
     layout, store = tick.layout, ResultStore(tick.layout.database)
-    missing = missing_coalitions(cfg, layout)
+    missing = [k for k in gather_pool(cfg, layout, store).missing if k != EMPTY_KEY]
     plan = read_plan(layout)
     with_new = {c.key for c in plan.coalitions if "digit_4" in c.members}
     work = split_work(cfg, layout, [c for c in plan.coalitions if c.key in set(missing)])
@@ -139,24 +140,52 @@ def test_sensor_is_on_by_default_and_can_be_turned_off(tmp_path):
     assert defs.resolve_sensor_def("contributors_sensor").default_status == dg.DefaultSensorStatus.STOPPED
 
 
-def test_schedule_exists_only_with_a_cron_and_runs_a_whole_round(valued, tmp_path):
+def _run_success_event(result):
+    return next(e for e in result.all_events if e.event_type_value == "PIPELINE_SUCCESS")
+
+
+def test_schedule_starts_a_round_and_its_continuation_carries_it_through(valued):
+    """With the contributors sensor off, a scheduled tick starts the round (the base run, from the
+    same decision) and ``round_continuation`` requests each next step after each successful run."""
+    from attribution_pipeline.defs.requests import LAUNCHED_BY_TAG
     from attribution_pipeline.storage.artifacts import atomic_write_bytes
 
     cfg, root = valued
-    assert build_definitions(cfg.workdir).schedules == []
+    schedule = build_definitions(cfg.workdir).resolve_schedule_def("revaluation_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED  # listed, off without a cron
     with pytest.raises(ValueError, match="cron"):
         cfg.override({"revaluation": {"cron": "every monday"}})
-    weekly = cfg.override({"revaluation": {"cron": "0 3 * * 1"}})
+    weekly = cfg.override({"revaluation": {"cron": "0 3 * * 1", "sensor": False}})
     atomic_write_bytes(RunLayout.at(cfg.workdir).config_file, weekly.to_json().encode())
     defs = build_definitions(cfg.workdir)
     schedule = defs.resolve_schedule_def("revaluation_schedule")
-    assert schedule.cron_schedule == "0 3 * * 1" and schedule.job_name == "scheduled_revaluation"
+    assert schedule.cron_schedule == "0 3 * * 1" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    instance = dg.DagsterInstance.from_config(str(RunLayout.at(cfg.workdir).dagster_home))
+    tick = dg.build_schedule_context(instance=instance, resources=defs.resources)
+    assert "up to date" in schedule.evaluate_tick(tick).skip_message  # nothing changed: no round
 
     write_digit_contributors(root, classes=(4,), per_class=20)
     (root / "empty folder").mkdir()  # left out, with its reason, by the scheduled round
-    instance = dg.DagsterInstance.from_config(str(RunLayout.at(cfg.workdir).dagster_home))
-    result = defs.resolve_job_def("scheduled_revaluation").execute_in_process(instance=instance)
-    assert result.success
+    requests = schedule.evaluate_tick(dg.build_schedule_context(instance=instance, resources=defs.resources)).run_requests
+    assert [r.job_name for r in requests] == ["valuation_base"]
+    assert sorted(requests[0].run_config["resources"]["pipeline"]["config"]["snapshot"]) == [
+        "digit_0", "digit_1", "digit_4", "digit_7"]
+    continuation = defs.resolve_sensor_def("round_continuation")
+    jobs = []
+    while requests:
+        request = requests.pop(0)
+        jobs.append(request.job_name)
+        result = defs.resolve_job_def(request.job_name).execute_in_process(
+            instance=instance, run_config=request.run_config, tags=request.tags)
+        assert result.success and result.dagster_run.tags[LAUNCHED_BY_TAG] == "revaluation_schedule"
+        if not requests:  # the last run of a step: the continuation asks for the next one
+            ctx = dg.build_run_status_sensor_context(
+                sensor_name="round_continuation", dagster_event=_run_success_event(result),
+                dagster_instance=instance, dagster_run=result.dagster_run, resources=defs.resources)
+            answer = continuation(ctx)
+            assert not isinstance(answer, dg.SkipReason) or answer.skip_message.startswith("round "), answer
+            requests = [] if isinstance(answer, dg.SkipReason) else list(answer)
+    assert jobs[0] == "valuation_base" and jobs[-1] == "shapley" and "coalitions" in jobs
     latest = ResultStore(RunLayout.at(cfg.workdir).database).query(
         "SELECT DISTINCT contributor FROM latest_shapley_values ORDER BY 1")["contributor"].to_list()
     assert latest == ["digit_0", "digit_1", "digit_4", "digit_7"]

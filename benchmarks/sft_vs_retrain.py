@@ -65,7 +65,7 @@ def _evaluate(job: tuple[dict, list[str], str, int]) -> tuple[str, str, int, dic
     cfg = PipelineConfig.from_dict(cfg_dict)
     layout = RunLayout.at(cfg.workdir)
     c = make_coalition(members, "sampled", -5)
-    out = evaluate_coalition(cfg, layout, ResultStore(layout.database), c, method=method, seed=seed)
+    out = measure_utility(cfg, layout, ResultStore(layout.database), c, method=method, seed=seed)
     return c.key, method, seed, out.utilities, out.elapsed_s, out.checkpoint.skipped
 
 
@@ -103,7 +103,7 @@ def prepare(cfg: PipelineConfig) -> dict:
     stages.build_property_reference(cfg, layout, print)
     stages.train_full_model(cfg, layout, print)
     stages.prune_base_model(cfg, layout, print)
-    stages.evaluate_empty_coalition(cfg, layout, store)
+    stages.measure_empty_coalition(cfg, layout, store)
     store.upsert("contributors", [{k: c[k] for k in ("contributor", "n_images", "data_hash", "n_skipped_files", "path")}
                                   for c in stages.read_contributors(layout)["contributors"]])
     full, pruned = read_manifest(layout.full_model_dir), read_manifest(layout.pruned_base_dir)
