@@ -8,6 +8,7 @@ import pytest
 
 from attribution_pipeline.valuation import ESTIMATORS, CoalitionDesign, applicable_estimators, estimate
 from attribution_pipeline.valuation.games import CoverageGame, PairwiseGame
+from attribution_pipeline.valuation.registry import REGISTRY
 
 
 def test_import_pulls_in_neither_torch_nor_dagster():
@@ -88,6 +89,50 @@ def test_applicable_estimators():
     chains = CoalitionDesign(n, seed=0, design="permutation").take(4 * (n - 1))
     assert "permutation" in applicable_estimators(chains, n)
     assert "permutation" not in applicable_estimators(CoalitionDesign(n, seed=0).take(40), n)
+
+
+def test_registry_lists_each_estimator_once_under_its_own_name():
+    assert ESTIMATORS == tuple(REGISTRY) and len(set(ESTIMATORS)) == len(ESTIMATORS)
+    assert all(record.name == name for name, record in REGISTRY.items())
+    kinds = {name: record.value_kind for name, record in REGISTRY.items()}
+    assert kinds["banzhaf-msr"] == "banzhaf" and kinds["loo"] == "loo"
+    assert {kinds[name] for name in ESTIMATORS if name not in ("banzhaf-msr", "loo")} == {"shapley"}
+
+
+@pytest.mark.parametrize("design", ["paired-kernel", "permutation"])
+def test_every_estimator_that_can_run_reports_its_name_and_value_kind(design):
+    n = 5
+    game = CoverageGame.random(n, seed=2)
+    masks = CoalitionDesign(n, seed=0, design=design).take(2**n if design != "permutation" else 4 * (n - 1))
+    values = game(masks)
+    allowed = applicable_estimators(masks, n)
+    # A complete pool admits all but permutation; a chain pool admits permutation (and the regressions).
+    assert ("permutation" in allowed) == (design == "permutation")
+    assert len(allowed) >= 5
+    for name in allowed:
+        res = estimate(masks, values, empty_value=game.empty_value, full_value=game.full_value, estimator=name,
+                       n_bootstrap=20)
+        assert res.estimator == name and res.value_kind == REGISTRY[name].value_kind
+        assert res.values.shape == (n,) and np.all(np.isfinite(res.values))
+
+
+def test_method_keyword_is_gone():
+    game, masks, values = _pool()
+    with pytest.raises(TypeError, match="method"):
+        estimate(masks, values, empty_value=game.empty_value, full_value=game.full_value, method="kernelshap")
+
+
+def test_small_budget_warning_spares_exact_enumeration():
+    # n = 3: all 6 coalitions are fewer than 3n = 9, yet exact enumeration has no sampling error.
+    n = 3
+    game = CoverageGame.random(n, seed=1)
+    every = CoalitionDesign(n, seed=0).take(2**n)
+    kwargs = dict(empty_value=game.empty_value, full_value=game.full_value)
+    exact = estimate(every, game(every), estimator="exact", **kwargs)
+    assert exact.estimator == "exact" and not any("3n" in w for w in exact.warnings)
+    sampled = estimate(every, game(every), estimator="kernelshap", **kwargs)
+    assert any("3n" in w for w in sampled.warnings)
+    np.testing.assert_allclose(sampled.values, exact.values, atol=1e-8)
 
 
 @pytest.mark.parametrize(

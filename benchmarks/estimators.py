@@ -19,10 +19,10 @@ probability ½ (the hold-out coalitions of the LDS). ρ maps to a test–retest 
 1 / (1 + ρ²): ρ = 0.1 ("noisy", the acceptance level) is a test–retest of 0.99, ρ = 0.3 ("heavy",
 B = 10n only) is 0.92. For scale: at n = 200, ρ = 0.1 is σ ≈ 0.75 of the mean contributor value.
 
-Pools. Every method reads the pool it is designed for, with the same seeds: repeat r uses design seed r
+Pools. Every estimator reads the pool it is designed for, with the same seeds: repeat r uses design seed r
 and noise seed r, and the budget-B pool is the first B rows of the budget-20n pool (prefix-stable).
 ``paper`` is the paper's estimator: unpaired Shapley-kernel draws + constrained least squares
-(``design="kernel"``, ``method="kernelshap-paper"``). ``loo`` evaluates the n leave-one-out coalitions
+(``design="kernel"``, ``estimator="kernelshap-paper"``). ``loo`` evaluates the n leave-one-out coalitions
 B/n times each. ``banzhaf-msr`` is scored against the Banzhaf values (its own target); ``loo`` against
 the Shapley values (it is not an estimator of them; shown for scale). ``auto`` reads the default
 paired-kernel pool (and, as a separate row, a leverage pool).
@@ -42,13 +42,13 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
-from attribution_pipeline.valuation import CoalitionDesign, estimate, select_method
+from attribution_pipeline.valuation import CoalitionDesign, estimate, select_estimator
 from attribution_pipeline.valuation.games import CoverageGame, noisy_values
 from attribution_pipeline.valuation.pool import build_pool
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# label, method, pool design, estimate() keyword arguments
+# label, estimator, pool design, estimate() keyword arguments
 ROWS = [
     ("paper (kernel draws + constrained LS)", "kernelshap-paper", "kernel", {}),
     ("kernelshap (paired)", "kernelshap", "paired-kernel", {}),
@@ -99,15 +99,15 @@ class Pools:
 def run_cell(pools: Pools, seed: int, budget: int, n_bootstrap: int, timings: dict) -> dict:
     """All rows for one (pool seed, budget): label → ValuationResult; auto reuses what it picked."""
     out, done = {}, {}
-    for label, method, design, kwargs in ROWS:
+    for label, estimator, design, kwargs in ROWS:
         masks, values, v0, v_n = pools.get(design, seed, budget)
-        chosen = method
-        if method == "auto":
-            chosen = select_method(build_pool(masks, values, v0, v_n))
+        chosen = estimator
+        if estimator == "auto":
+            chosen = select_estimator(build_pool(masks, values, v0, v_n))
         key = (chosen, design, tuple(sorted({"proxy": "tree", **kwargs}.items())))
         if key not in done:
             start = time.perf_counter()
-            done[key] = estimate(masks, values, empty_value=v0, full_value=v_n, method=chosen, seed=seed,
+            done[key] = estimate(masks, values, empty_value=v0, full_value=v_n, estimator=chosen, seed=seed,
                                  n_bootstrap=n_bootstrap, **kwargs)
             timings.setdefault(label, []).append(time.perf_counter() - start)
         out[label] = done[key]
@@ -122,7 +122,7 @@ def score(result, phi: np.ndarray, banzhaf: np.ndarray) -> tuple[float, float]:
 
 
 def accuracy(n: int, multipliers, rhos, repeats: int, heavy_rho: float | None, timings: dict) -> list:
-    """Rows (n, ρ, B multiplier, label, mean error, mean Spearman, picked methods)."""
+    """Rows (n, ρ, B multiplier, label, mean error, mean Spearman, picked estimators)."""
     game = CoverageGame.random(n, seed=0)
     phi, banzhaf = game.shapley_values(), game.banzhaf_values()
     records = []
@@ -139,7 +139,7 @@ def accuracy(n: int, multipliers, rhos, repeats: int, heavy_rho: float | None, t
                 entry = scores.setdefault(label, {"err": [], "sp": [], "picked": set()})
                 entry["err"].append(err)
                 entry["sp"].append(sp)
-                entry["picked"].add(res.method)
+                entry["picked"].add(res.estimator)
         for label, entry in scores.items():
             records.append((n, rho, mult, label, float(np.mean(entry["err"])), float(np.nanmean(entry["sp"])),
                             ",".join(sorted(entry["picked"]))))
@@ -201,7 +201,7 @@ def render(records, cover, timings, args, elapsed: float) -> str:
                     rec = by_key.get((n, rho, m, label))
                     cells.append("—" if rec is None else f"{rec[4]:.3f} / {rec[5]:.2f}")
                 rows.append([label] + cells)
-            parts += [_table(["method"] + [f"B = {m}n" for m in mults], rows), ""]
+            parts += [_table(["estimator"] + [f"B = {m}n" for m in mults], rows), ""]
             picked = {m: by_key[(n, rho, m, AUTO)][6] for m in mults if (n, rho, m, AUTO) in by_key}
             parts += ["auto picked: " + "; ".join(f"{m}n: {p}" for m, p in picked.items()), ""]
     parts += ["## Acceptance: auto vs the paper's estimator at B = 10n (ratio of mean relative errors)", ""]
@@ -216,14 +216,14 @@ def render(records, cover, timings, args, elapsed: float) -> str:
     parts += [_table(["ρ", "n", "auto error", "paper error", "auto / paper", "auto (leverage pool) / paper"], rows), ""]
     parts += [f"## Coverage of 95% intervals: n = 20, B = 10n, ρ = 0.1, {args.coverage_repeats} repeats", ""]
     rows = [[label, f"{c:.3f}", f"{rk:.3f}", f"{w:.3f}", f"{e:.3f}"] for label, c, rk, w, e in cover]
-    parts += [_table(["method", "value coverage", "rank-interval coverage", "half-width / mean |φ|", "rel. error"],
+    parts += [_table(["estimator", "value coverage", "rank-interval coverage", "half-width / mean |φ|", "rel. error"],
                      rows), ""]
     parts += ["## Time per estimate (point estimate, no bootstrap; mean over all cells)", "",
               "`proxy` and `regression-msr` share one cached cross-fit per pool; the row computed first "
               "(regression-msr) pays for the tree fits, so `proxy` alone costs about what `regression-msr, tree "
               "proxy` costs. Wall-clock times on a machine shared with other work.", ""]
     rows = [[label, f"{np.mean(t) * 1000:.0f} ms"] for label, t in timings.items()]
-    parts += [_table(["method", "time"], rows), ""]
+    parts += [_table(["estimator", "time"], rows), ""]
     return "\n".join(parts)
 
 

@@ -137,7 +137,7 @@ def shapley(masks: np.ndarray, keys: list[str], util: dict, prop: str, v_empty: 
 
     values = np.array([util[(k, prop)] for k in keys])
     try:
-        return estimate(masks, values, empty_value=v_empty, full_value=v_full, method="auto", seed=0).values
+        return estimate(masks, values, empty_value=v_empty, full_value=v_full, estimator="auto", seed=0).values
     except ValueError:
         return None  # fewer coalitions than any Shapley estimator needs
 

@@ -82,12 +82,8 @@ def _as_masks(masks) -> np.ndarray:
     return arr.astype(bool)
 
 
-def build_pool(masks, values, empty_value: float, full_value: float) -> CoalitionPool:
-    """Validate ``masks`` (B, n) and ``values`` (B,), merge repeats, and find complement pairs.
-
-    Raises ValueError, naming the rule and the fix, on: a shape mismatch, fewer than 2 contributors,
-    non-finite utilities, or a row that is the empty or the full coalition.
-    """
+def _validated(masks, values, empty_value: float, full_value: float) -> tuple[np.ndarray, np.ndarray]:
+    """``masks`` as (B, n) bool and ``values`` as (B,) float64, or ValueError naming the rule and the fix."""
     masks = _as_masks(masks)
     n_rows, n = masks.shape
     values = np.asarray(values, dtype=np.float64)
@@ -117,7 +113,11 @@ def build_pool(masks, values, empty_value: float, full_value: float) -> Coalitio
                 f"masks row {rows[0]} is the {label} coalition ({len(rows)} such rows); its utility is "
                 f"passed as {where}, not as a row: drop these rows"
             )
+    return masks, values
 
+
+def _merged(masks: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct coalitions (U, n), their multiplicities and mean utilities (U,), and row_index (B,)."""
     packed = pack_rows(masks)
     _, first, inverse, counts = np.unique(packed, axis=0, return_index=True, return_inverse=True,
                                           return_counts=True)
@@ -127,23 +127,37 @@ def build_pool(masks, values, empty_value: float, full_value: float) -> Coalitio
     relabel = np.empty_like(order)
     relabel[order] = np.arange(len(order))
     row_index = relabel[inverse]
-    coalitions = masks[first[order]]
     multiplicity = counts[order].astype(np.int64)
     mean_values = np.bincount(row_index, weights=values, minlength=len(order)) / multiplicity
+    return masks[first[order]], multiplicity, mean_values, row_index
 
-    noise_dof = int(n_rows - len(order))
-    noise_std = None
-    if noise_dof > 0:
-        ss = float(np.sum((values - mean_values[row_index]) ** 2))
-        noise_std = float(np.sqrt(ss / noise_dof))
 
+def _paired_units(coalitions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each coalition's complement (U,) or −1, and its bootstrap unit (U,)."""
     keys = {row.tobytes(): i for i, row in enumerate(pack_rows(coalitions))}
     complement = np.array([keys.get(row.tobytes(), -1) for row in pack_rows(~coalitions)], dtype=np.int64)
     idx = np.arange(len(coalitions))
     root = np.where(complement >= 0, np.minimum(idx, complement), idx)
     _, unit = np.unique(root, return_inverse=True)
-    unit = unit.reshape(-1)
-    sizes = coalitions.sum(axis=1).astype(np.int64)
+    return complement, unit.reshape(-1)
+
+
+def build_pool(masks, values, empty_value: float, full_value: float) -> CoalitionPool:
+    """Validate ``masks`` (B, n) and ``values`` (B,), merge repeats, and find complement pairs.
+
+    Raises ValueError, naming the rule and the fix, on: a shape mismatch, fewer than 2 contributors,
+    non-finite utilities, or a row that is the empty or the full coalition.
+    """
+    masks, values = _validated(masks, values, empty_value, full_value)
+    n_rows, n = masks.shape
+    coalitions, multiplicity, mean_values, row_index = _merged(masks, values)
+    # Pooled within-repeat variance: B − U degrees of freedom, one lost per distinct coalition's mean.
+    noise_dof = int(n_rows - len(coalitions))
+    noise_std = None
+    if noise_dof > 0:
+        ss = float(np.sum((values - mean_values[row_index]) ** 2))
+        noise_std = float(np.sqrt(ss / noise_dof))
+    complement, unit = _paired_units(coalitions)
     return CoalitionPool(
         n_players=int(n),
         masks=masks,
@@ -154,7 +168,7 @@ def build_pool(masks, values, empty_value: float, full_value: float) -> Coalitio
         mean_values=mean_values,
         multiplicity=multiplicity,
         row_index=row_index,
-        sizes=sizes,
+        sizes=coalitions.sum(axis=1).astype(np.int64),
         complement=complement,
         unit=unit,
         n_units=int(unit.max()) + 1,
