@@ -58,16 +58,16 @@ def test_estimators_on_the_incremental_pool_keep_efficiency_and_beat_a_fresh_des
     pool = extend_pool(previous, players, ["10"], removed=[])
     masks = coalitions_to_masks([sorted(s) for s in pool[1:]], players)
     fresh = CoalitionDesign(11, seed=seed).take(61)
-    for method in ("kernelshap", "auto", "regression-msr"):
+    for estimator in ("kernelshap", "auto", "regression-msr"):
         inc = estimate(masks, game(masks), empty_value=game.empty_value, full_value=game.full_value,
-                       method=method, n_bootstrap=0, seed=seed)
+                       estimator=estimator, n_bootstrap=0, seed=seed)
         ref = estimate(fresh, game(fresh), empty_value=game.empty_value, full_value=game.full_value,
-                       method=method, n_bootstrap=0, seed=seed)
+                       estimator=estimator, n_bootstrap=0, seed=seed)
         assert abs(inc.values.sum() - (game.full_value - game.empty_value)) < 1e-8
         err_inc = np.linalg.norm(inc.values - truth) / np.linalg.norm(truth)
         err_ref = np.linalg.norm(ref.values - truth) / np.linalg.norm(truth)
-        assert err_inc < 0.1, (method, err_inc)
-        assert err_inc < 1.25 * err_ref, (method, err_inc, err_ref)
+        assert err_inc < 0.1, (estimator, err_inc)
+        assert err_inc < 1.25 * err_ref, (estimator, err_inc, err_ref)
 
 
 # ---- end to end on tiny runs ---------------------------------------------------------------------
