@@ -35,8 +35,16 @@ class ConfigError(ValueError):
 
 
 def problem(path: str, value: Any, expected: str, fix: str) -> str:
-    """One problem line; ``!r`` keeps a value with newlines or odd characters on one line."""
-    return f"{path}: got {value!r}; expected {expected}; fix: {fix}"
+    """One problem line; ``repr`` keeps a value with newlines or odd characters on one line."""
+    return f"{path}: got {_shown(value)}; expected {expected}; fix: {fix}"
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's digit limit for str()
+        text = f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _added(default: Any) -> Any:

@@ -154,7 +154,7 @@ def _property_problems(cfg: PipelineConfig) -> list[str]:
         module = name.split(":", 1)[0]
         try:
             importlib.import_module(module)
-        except ImportError as exc:
+        except Exception as exc:  # ":" or "..:f" fail with ValueError/TypeError, a user module with anything
             out.append(f"property {name!r}: module {module!r} cannot be imported ({exc}); put it on PYTHONPATH")
     return out
 
