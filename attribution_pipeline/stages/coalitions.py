@@ -18,6 +18,7 @@ from attribution_pipeline.stages.base import (
     Log, StageResult, _progress, _quiet, _score, read_contributors,
 )
 from attribution_pipeline.storage.artifacts import atomic_write_json, read_manifest
+from attribution_pipeline.storage.records import write_utility_records
 from attribution_pipeline.storage.results import ResultStore
 
 SFT, FT, RETRAIN = "sft", "ft", "retrain"
@@ -238,9 +239,12 @@ def evaluate_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStor
     total = ckpt.elapsed_s + img.elapsed_s + score_s
     from attribution_pipeline.stages.revaluation import members_base_predates
 
-    store.upsert("utilities", _utility_rows(cfg, coalition.key, utilities, method, spec.seed, total,
-                                            spec.base_version, img.metadata["n_images"], spec.utility_signature,
-                                            members_base_predates(layout, coalition.members, method)))
+    rows = _utility_rows(cfg, coalition.key, utilities, method, spec.seed, total, spec.base_version,
+                         img.metadata["n_images"], spec.utility_signature,
+                         members_base_predates(layout, coalition.members, method))
+    # the record first: a row the database has must be rebuildable by `reindex` (issue 16)
+    write_utility_records(layout.coalition_run_dir(coalition.key, method, run_seed), rows)
+    store.upsert("utilities", rows)
     return CoalitionOutcome(coalition, ckpt, img, utilities, time.perf_counter() - start,
                             {"score_s": score_s, "method": method, "seed": spec.seed, "images_dir": str(images_dir)})
 
@@ -262,6 +266,7 @@ def evaluate_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: Resu
     utilities = _score(cfg, layout, load_image_set(layout.untrained_images_dir))
     elapsed = time.perf_counter() - start
     rows = _utility_rows(cfg, EMPTY_KEY, utilities, SFT, cfg.finetune.seed, elapsed, None, img.metadata["n_images"])
+    write_utility_records(layout.untrained_images_dir.parent, rows)
     store.upsert("utilities", rows)
     empty = make_coalition([], "empty", -1)
     return CoalitionOutcome(empty, StageResult("untrained", True, 0.0), img, utilities, elapsed)
@@ -287,7 +292,9 @@ def evaluate_full_model(cfg: PipelineConfig, layout: RunLayout, store: ResultSto
     log(f"full model: {recognized:.1%} of {len(images)} samples recognised with probability >= 0.5")
     elapsed = time.perf_counter() - start
     full = make_coalition(ids, "full", 0)
-    store.upsert("utilities", _utility_rows(cfg, full.key, utilities, "full_model", cfg.train.seed, elapsed,
-                                            full_version, img.metadata["n_images"]))
+    rows = _utility_rows(cfg, full.key, utilities, "full_model", cfg.train.seed, elapsed, full_version,
+                         img.metadata["n_images"])
+    write_utility_records(layout.workdir / "models" / "full_model", rows)
+    store.upsert("utilities", rows)
     return CoalitionOutcome(full, StageResult(full_version, True, 0.0), img, utilities, elapsed,
                             {"recognized_fraction": recognized})
