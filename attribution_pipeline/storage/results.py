@@ -21,6 +21,8 @@ import duckdb
 import polars as pl
 from filelock import FileLock
 
+from attribution_pipeline.storage.artifacts import temp_prefix
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS contributors (
         contributor VARCHAR PRIMARY KEY,
@@ -201,7 +203,7 @@ class ResultStore:
                 con.execute("CHECKPOINT")  # everything in the main file, nothing left in the WAL
             finally:
                 con.close()
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.published.name}.tmp-", dir=self.path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.published.name), dir=self.path.parent)
             os.close(fd)
             try:
                 shutil.copyfile(self.path, tmp)
