@@ -174,11 +174,11 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def _checked(cfg: PipelineConfig) -> PipelineConfig:
-    """``cfg`` after ``validate_config`` (with paths): raises ConfigError listing every problem."""
+def _checked(cfg: PipelineConfig, check_paths: bool = True) -> PipelineConfig:
+    """``cfg`` after ``validate_config``: raises ConfigError listing every problem."""
     from attribution_pipeline.validation import validate_config
 
-    validate_config(cfg, check_paths=True)
+    validate_config(cfg, check_paths=check_paths)
     return cfg
 
 
@@ -199,7 +199,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg = read_pipeline_config(args.workdir)
         if args.set:
             cfg = cfg.override(_overrides(args.set))
-        cfg = _checked(cfg)
+        # paths unchecked: evaluation retrains from the work directory's cached arrays, and the
+        # contributors folder of a valued work directory may have moved since
+        cfg = _checked(cfg, check_paths=False)
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
     from attribution_pipeline.runner import run_evaluation
