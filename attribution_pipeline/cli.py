@@ -3,7 +3,9 @@
     attribution-pipeline run            value the embedded default (10 digit contributors)
     attribution-pipeline evaluate       LDS and counterfactual evaluation against retraining
     attribution-pipeline show           print the latest Shapley table of a work directory
-    attribution-pipeline query SQL      run SQL against the work directory's DuckDB
+    attribution-pipeline query SQL      run read-only SQL against the work directory's DuckDB
+                                        (--write to change it on purpose, --external-access for files)
+    attribution-pipeline reindex        rebuild the database's tables from the work directory's files
     attribution-pipeline ui             open the Dagster UI on the same work directory
     attribution-pipeline init-data      (re)write the embedded default contributors
 
@@ -20,15 +22,34 @@ import os
 import sys
 from pathlib import Path
 
-from attribution_pipeline.config import DEFAULT_DATA_DIR, PipelineConfig, load_preset
+from attribution_pipeline.config import (
+    DEFAULT_DATA_DIR,
+    UTILITY_METHODS,
+    ConfigError,
+    PipelineConfig,
+    load_preset,
+)
 
 EXIT_BAD_INPUT = 2
 
 
+class UsageError(ValueError):
+    """A command line argparse refuses; reported as one ``error:`` line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing its usage and exiting, so ``main`` reports every
+    bad input the same way: one ``error:`` line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 def _parse_value(text: str):
+    """A ``--set`` value as JSON (numbers, true/false, null, lists), else the text itself."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or an integer past Python's digit limit: keep it as text
         return text
 
 
@@ -36,18 +57,23 @@ def _overrides(pairs: list[str]) -> dict:
     """``train.steps=200`` → ``{"train": {"steps": 200}}``."""
     out: dict = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects KEY=VALUE (e.g. train.steps=200), got {pair!r}")
-        key, value = pair.split("=", 1)
-        node = out
+        key, sep, value = pair.partition("=")
         parts = key.split(".")
+        if not sep or not all(parts):
+            raise UsageError(f"--set expects KEY=VALUE with a dotted key (e.g. train.steps=200), got {pair!r}")
+        node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {pair!r}: {p!r} was already given a value, not a table of fields")
+        if isinstance(node.get(parts[-1]), dict):
+            raise UsageError(f"--set {pair!r}: {key!r} is a table of fields; set them one at a time")
         node[parts[-1]] = _parse_value(value)
     return out
 
 
 def build_config(args: argparse.Namespace) -> PipelineConfig:
+    """The run's configuration: defaults, the preset, the flags, then every ``--set``."""
     cfg = PipelineConfig().override(load_preset(args.preset))
     changes: dict = {"workdir": str(Path(args.workdir).resolve())}
     if args.contributors:
@@ -76,10 +102,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="folder for checkpoints, images, DuckDB and the Dagster home (default: data/runs/default)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attribution-pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="value the contributors (default: the embedded digits)")
     _add_common(run)
     run.add_argument("--contributors", help="contributors directory: one sub-folder of images per contributor "
@@ -87,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--property", action="append", help="property to value (repeatable; default: all of the preset)")
     run.add_argument("--budget", type=int, help="coalitions evaluated besides the empty and the full one (default 60)")
     run.add_argument("--seed", type=int, help="seed of the coalition design and the bootstrap (default 0)")
-    run.add_argument("--method", choices=["sft", "ft", "retrain"],
+    run.add_argument("--method", choices=list(UTILITY_METHODS),
                      help="utility of a coalition: sft = fine-tune the pruned base k steps (default), "
                           "ft = fine-tune the full model k steps, retrain = train from scratch "
                           "(retrain.n_seeds seeds, e.g. --set retrain.n_seeds=2); each is cached side by side")
@@ -97,8 +120,30 @@ def _parser() -> argparse.ArgumentParser:
                           "coalitions involving new or changed contributors (README: re-valuation)")
     run.add_argument("--preset", default="digits", help="preset name or TOML file (default: digits)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override any config field, e.g. --set train.steps=300 --set finetune.steps=50")
+                     help="override any config field with a JSON value, e.g. --set train.steps=300 "
+                          "--set finetune.steps=50")
     run.add_argument("--quiet", action="store_true", help="print only the final table")
+
+
+def _add_query(sub) -> None:
+    query = sub.add_parser("query", help="run SQL against <workdir>/attribution.duckdb (read-only by default)")
+    _add_common(query)
+    query.add_argument("sql")
+    query.add_argument("--published", action="store_true",
+                       help="read the published copy attribution_published.duckdb read-only: never waits for "
+                            "or blocks a running valuation")
+    query.add_argument("--write", action="store_true",
+                       help="open the database read-write, to change results on purpose (files stay out of "
+                            "reach unless --external-access)")
+    query.add_argument("--external-access", action="store_true",
+                       help="allow reading and writing files (read_csv, COPY ... TO, ATTACH, extensions)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="attribution-pipeline", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
     ev = sub.add_parser("evaluate", help="LDS and counterfactual evaluation of a valued work directory "
                                          "(retrains models from scratch: slow)")
     _add_common(ev)
@@ -110,12 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the latest Shapley table")
     _add_common(show)
     show.add_argument("--all-estimators", action="store_true", help="every estimator, not only the default")
-    query = sub.add_parser("query", help="run SQL against <workdir>/attribution.duckdb")
-    _add_common(query)
-    query.add_argument("sql")
-    query.add_argument("--published", action="store_true",
-                       help="read the published copy attribution_published.duckdb read-only: never waits for "
-                            "or blocks a running valuation")
+    _add_query(sub)
+    reindex = sub.add_parser("reindex", help="rebuild the contributors, coalitions and utilities tables from the "
+                                             "work directory's files (after the database was lost or damaged)")
+    _add_common(reindex)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the work directory")
     _add_common(ui)
     ui.add_argument("--port", type=int, default=3000)
@@ -125,85 +168,132 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "run":
-        from attribution_pipeline.runner import run_valuation
+def _fail(message: str) -> int:
+    """One ``error:`` headline (the first line), any detail lines indented under it; exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
-        try:
-            cfg = build_config(args)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        return run_valuation(cfg, quiet=args.quiet)
-    if args.command == "evaluate":
-        from attribution_pipeline.workdir import read_pipeline_config
-        from attribution_pipeline.runner import run_evaluation
 
-        try:
-            cfg = read_pipeline_config(args.workdir)
-            if args.set:
-                cfg = cfg.override(_overrides(args.set))
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        assets = {"lds": ("lds_results",), "counterfactual": ("counterfactual_results",)}.get(
-            args.only, ("lds_results", "counterfactual_results"))
-        return run_evaluation(cfg, assets)
-    if args.command == "show":
-        from attribution_pipeline.report import print_table
+def _checked(cfg: PipelineConfig, check_paths: bool = True) -> PipelineConfig:
+    """``cfg`` after ``validate_config``: raises ConfigError listing every problem."""
+    from attribution_pipeline.validation import validate_config
 
-        return print_table(args.workdir, all_estimators=args.all_estimators)
-    if args.command == "query":
-        from attribution_pipeline.layout import RunLayout
-        from attribution_pipeline.storage.results import ResultStore
+    validate_config(cfg, check_paths=check_paths)
+    return cfg
 
-        import polars as pl
 
-        db = RunLayout.at(args.workdir).database
-        if not db.is_file():
-            print(f"error: {db} does not exist; run `attribution-pipeline run --workdir {args.workdir}` first",
-                  file=sys.stderr)
-            return EXIT_BAD_INPUT
+def cmd_run(args: argparse.Namespace) -> int:
+    try:  # every check before anything is written or trained
+        cfg = _checked(build_config(args))
+    except (ValueError, OSError) as exc:  # ConfigError, UsageError, a missing or unreadable preset
+        return _fail(str(exc))
+    from attribution_pipeline.runner import run_valuation
+
+    return run_valuation(cfg, quiet=args.quiet)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from attribution_pipeline.workdir import read_pipeline_config
+
+    try:
+        cfg = read_pipeline_config(args.workdir)
+        if args.set:
+            cfg = cfg.override(_overrides(args.set))
+        # paths unchecked: evaluation retrains from the work directory's cached arrays, and the
+        # contributors folder of a valued work directory may have moved since
+        cfg = _checked(cfg, check_paths=False)
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    from attribution_pipeline.runner import run_evaluation
+
+    assets = {"lds": ("lds_results",), "counterfactual": ("counterfactual_results",)}.get(
+        args.only, ("lds_results", "counterfactual_results"))
+    return run_evaluation(cfg, assets)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from attribution_pipeline.report import print_table
+
+    return print_table(args.workdir, all_estimators=args.all_estimators)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Read-only, without file access, unless ``--write`` / ``--external-access`` ask for more."""
+    import polars as pl
+
+    from attribution_pipeline.layout import RunLayout
+    from attribution_pipeline.storage.results import QueryError, run_published_query, run_query
+
+    db = RunLayout.at(args.workdir).database
+    if not db.is_file():
+        return _fail(f"{db} does not exist; run `attribution-pipeline run --workdir {args.workdir}` first")
+    if args.published and args.write:
+        return _fail("--published is a read-only snapshot, replaced after every write; drop --published to write")
+    try:
+        if args.published:
+            df = run_published_query(db, args.sql, external_access=args.external_access)
+        else:
+            df = run_query(db, args.sql, write=args.write, external_access=args.external_access)
+    except QueryError as exc:
+        return _fail(str(exc))
+    if df is not None:
         with pl.Config(tbl_rows=200, tbl_cols=30, fmt_str_lengths=60):
-            if args.published:
-                import duckdb
+            print(df)
+    return 0
 
-                from attribution_pipeline.storage.results import published_path
 
-                if not published_path(db).is_file():
-                    print(f"error: {published_path(db)} does not exist yet (it is written after each write)",
-                          file=sys.stderr)
-                    return EXIT_BAD_INPUT
-                with duckdb.connect(str(published_path(db)), read_only=True) as con:
-                    print(con.execute(args.sql).pl())
-            else:
-                print(ResultStore(db).query(args.sql))
-        return 0
-    if args.command == "ui":
-        from attribution_pipeline.workdir import WORKDIR_ENV, prepare_dagster_home
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from attribution_pipeline.reindex import ReindexError, reindex
 
-        home = prepare_dagster_home(Path(args.workdir))
-        env = {**os.environ, "DAGSTER_HOME": str(home), WORKDIR_ENV: str(Path(args.workdir).resolve())}
-        repo = Path(__file__).resolve().parent.parent
-        # the dagster beside this interpreter, so `.venv/bin/attribution-pipeline ui` works unactivated
-        dagster = Path(sys.executable).parent / "dagster"
-        cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-w", str(repo / "workspace.yaml"),
-               "-p", str(args.port)]
-        print(f"DAGSTER_HOME={home} {WORKDIR_ENV}={env[WORKDIR_ENV]} {' '.join(cmd)}")
-        os.chdir(repo)
-        os.execvpe(cmd[0], cmd, env)
-    if args.command == "init-data":
-        from attribution_pipeline.data.digits import write_default_contributors
+    try:
+        report = reindex(args.workdir)
+    except (ReindexError, OSError, ValueError) as exc:
+        return _fail(str(exc))
+    for line in report.lines():
+        print(line)
+    print(f"next: `attribution-pipeline run --workdir {args.workdir}` fits the Shapley table from these utilities")
+    return 0
 
-        try:
-            root = write_default_contributors(args.to, overwrite=args.overwrite)
-        except FileExistsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        print(f"wrote 10 digit contributors under {root}")
-        return 0
-    return 1
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from attribution_pipeline.workdir import WORKDIR_ENV, prepare_dagster_home
+
+    home = prepare_dagster_home(Path(args.workdir))
+    env = {**os.environ, "DAGSTER_HOME": str(home), WORKDIR_ENV: str(Path(args.workdir).resolve())}
+    repo = Path(__file__).resolve().parent.parent
+    # the dagster beside this interpreter, so `.venv/bin/attribution-pipeline ui` works unactivated
+    dagster = Path(sys.executable).parent / "dagster"
+    cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-w", str(repo / "workspace.yaml"),
+           "-p", str(args.port)]
+    print(f"DAGSTER_HOME={home} {WORKDIR_ENV}={env[WORKDIR_ENV]} {' '.join(cmd)}")
+    os.chdir(repo)
+    os.execvpe(cmd[0], cmd, env)
+    return 1  # execvpe does not return
+
+
+def cmd_init_data(args: argparse.Namespace) -> int:
+    from attribution_pipeline.data.digits import write_default_contributors
+
+    try:
+        root = write_default_contributors(args.to, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        return _fail(str(exc))
+    print(f"wrote 10 digit contributors under {root}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "evaluate": cmd_evaluate, "show": cmd_show, "query": cmd_query,
+            "reindex": cmd_reindex, "ui": cmd_ui, "init-data": cmd_init_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:
+        return _fail(str(exc))
+    except SystemExit as exc:  # --help printed its text
+        return exc.code if isinstance(exc.code, int) else 0
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

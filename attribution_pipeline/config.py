@@ -12,7 +12,8 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+import types
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 PRESET_DIR = Path(__file__).parent / "presets"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +22,29 @@ DEFAULT_DATA_DIR = REPO_ROOT / "data"
 
 MODEL_FAMILIES = ("ddpm", "ldm", "sd_lora")
 AUTOENCODER_KINDS = ("vq", "kl")
+
+
+class ConfigError(ValueError):
+    """Every problem of a configuration at once, one line each:
+    ``field.path: got <value>; expected <what is allowed>; fix: <how>``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+
+def problem(path: str, value: Any, expected: str, fix: str) -> str:
+    """One problem line; ``repr`` keeps a value with newlines or odd characters on one line."""
+    return f"{path}: got {_shown(value)}; expected {expected}; fix: {fix}"
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's digit limit for str()
+        text = f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _added(default: Any) -> Any:
@@ -191,7 +215,7 @@ REVALUATION_POLICIES = ("rebase", "incremental")
 
 @dataclass(frozen=True)
 class RevaluationConfig:
-    """What happens when contributors arrive, change or leave (see ``stages/revaluation.py``).
+    """What happens when contributors arrive, change or leave (see ``stages/lineage.py``).
 
     ``rebase`` (default) retrains the full model and the pruned base on the current contributors
     and recomputes every coalition: the game is exactly the paper's. ``incremental`` keeps the
@@ -310,24 +334,11 @@ class PipelineConfig:
         return PipelineConfig.from_dict(merged)
 
     def __post_init__(self) -> None:
-        if self.valuation.method not in UTILITY_METHODS:
-            raise ValueError(f"valuation.method must be one of {UTILITY_METHODS}, got {self.valuation.method!r}")
-        if self.retrain.n_seeds < 1:
-            raise ValueError(f"retrain.n_seeds must be >= 1, got {self.retrain.n_seeds}")
-        if self.lds.n_seeds < 2:
-            raise ValueError(f"lds.n_seeds must be >= 2 (LDS is averaged over seeds), got {self.lds.n_seeds}")
-        if not 0.0 < self.lds.alpha < 1.0:
-            raise ValueError(f"lds.alpha must be in (0, 1), got {self.lds.alpha}")
-        for name in ("remove_fraction", "keep_fraction"):
-            if not 0.0 < getattr(self.counterfactual, name) < 1.0:
-                raise ValueError(f"counterfactual.{name} must be in (0, 1), got {getattr(self.counterfactual, name)}")
-        if self.revaluation.policy not in REVALUATION_POLICIES:
-            raise ValueError(f"revaluation.policy must be one of {REVALUATION_POLICIES}, got {self.revaluation.policy!r}")
-        if self.revaluation.cron is not None:
-            if len(str(self.revaluation.cron).split()) != 5:  # Dagster checks the fields' values
-                raise ValueError(f"revaluation.cron {self.revaluation.cron!r} is not a valid cron string "
-                                 "(five fields, e.g. '0 3 * * 1')")
-        _check_families(self)
+        # construction-time checks, so no code path (Dagster resource, sensor, tests) holds a config
+        # whose method, seeds or fractions cannot run; the rest is attribution_pipeline.validation
+        problems = structural_problems(self)
+        if problems:
+            raise ConfigError(problems)
 
     def utility_seeds(self, method: str | None = None) -> list[int]:
         """The seeds whose utilities a valuation by ``method`` averages."""
@@ -345,24 +356,48 @@ class PipelineConfig:
         return Path(self.contributors_dir).resolve()
 
 
-def _check_families(cfg: "PipelineConfig") -> None:
-    """Value checks of the model family, data source and hardware (paths are checked, before any
-    work, by ``attribution_pipeline.inputs.check_local_inputs``)."""
-    m = cfg.model
-    if m.family not in MODEL_FAMILIES:
-        raise ValueError(f"model.family must be one of {MODEL_FAMILIES}, got {m.family!r}")
-    if m.autoencoder_kind not in AUTOENCODER_KINDS:
-        raise ValueError(f"model.autoencoder_kind must be one of {AUTOENCODER_KINDS}, got {m.autoencoder_kind!r}")
+def _one_of(path: str, value: Any, allowed: tuple) -> list[str]:
+    if value in allowed:
+        return []
+    return [problem(path, value, f"one of {list(allowed)}", f"--set {path}={json.dumps(allowed[0])}")]
+
+
+def structural_problems(cfg: "PipelineConfig") -> list[str]:
+    """The checks every ``PipelineConfig`` passes at construction: allowed values of the utility
+    method, policy, model family, data source and precision, and the ranges the methods rely on
+    (paths are checked before any work by ``attribution_pipeline.inputs.check_local_inputs``)."""
+    m, out = cfg.model, []
+    out += _one_of("valuation.method", cfg.valuation.method, UTILITY_METHODS)
+    out += _one_of("revaluation.policy", cfg.revaluation.policy, REVALUATION_POLICIES)
+    out += _one_of("model.family", m.family, MODEL_FAMILIES)
+    out += _one_of("model.autoencoder_kind", m.autoencoder_kind, AUTOENCODER_KINDS)
+    out += _one_of("data.source", cfg.data.source, DATA_SOURCES)
+    out += _one_of("hardware.precision", cfg.hardware.precision, ("auto", "bf16", "fp32"))
+    if cfg.retrain.n_seeds < 1:
+        out.append(problem("retrain.n_seeds", cfg.retrain.n_seeds, "an integer >= 1", "--set retrain.n_seeds=1"))
+    if cfg.lds.n_seeds < 2:
+        out.append(problem("lds.n_seeds", cfg.lds.n_seeds, "an integer >= 2 (LDS is averaged over seeds)",
+                           "--set lds.n_seeds=2"))
+    if not 0.0 < cfg.lds.alpha < 1.0:
+        out.append(problem("lds.alpha", cfg.lds.alpha, "a number in (0, 1)", "--set lds.alpha=0.5"))
+    for name in ("remove_fraction", "keep_fraction"):
+        value = getattr(cfg.counterfactual, name)
+        if not 0.0 < value < 1.0:
+            out.append(problem(f"counterfactual.{name}", value, "a number in (0, 1)",
+                               f"--set counterfactual.{name}=0.5"))
+    cron = cfg.revaluation.cron
+    if cron is not None and len(str(cron).split()) != 5:  # Dagster checks the fields' values
+        out.append(problem("revaluation.cron", cron, "a valid cron string (five fields, e.g. '0 3 * * 1') or null",
+                           "--set 'revaluation.cron=\"0 3 * * 1\"' (or null to turn it off)"))
     if m.lora_rank < 1:
-        raise ValueError(f"model.lora_rank must be >= 1, got {m.lora_rank}")
-    if cfg.data.source not in DATA_SOURCES:
-        raise ValueError(f"data.source must be one of {DATA_SOURCES}, got {cfg.data.source!r}")
-    if cfg.hardware.precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"hardware.precision must be 'auto', 'bf16' or 'fp32', got {cfg.hardware.precision!r}")
+        out.append(problem("model.lora_rank", m.lora_rank, "an integer >= 1", "--set model.lora_rank=4"))
     if not 0.0 <= cfg.properties.aesthetic_quantile <= 1.0:
-        raise ValueError(f"properties.aesthetic_quantile must be in [0, 1], got {cfg.properties.aesthetic_quantile}")
+        out.append(problem("properties.aesthetic_quantile", cfg.properties.aesthetic_quantile, "a number in [0, 1]",
+                           "--set properties.aesthetic_quantile=0.9"))
     if cfg.properties.n_clusters < 2:
-        raise ValueError(f"properties.n_clusters must be >= 2, got {cfg.properties.n_clusters}")
+        out.append(problem("properties.n_clusters", cfg.properties.n_clusters, "an integer >= 2",
+                           "--set properties.n_clusters=20"))
+    return out
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
@@ -388,18 +423,79 @@ def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
 
 
 def _build(cls: type, data: dict[str, Any], where: str):
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(known)}")
-    kwargs = {}
-    for name, value in data.items():
-        f = known[name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple) and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
+    """``cls(**data)`` with nested dataclasses built from dicts and lists made tuples, after checking
+    every key and every value's type against the annotations; raises one ``ConfigError``."""
+    problems: list[str] = []
+    kwargs = _convert(cls, data, where, problems)
+    if problems:
+        raise ConfigError(problems)
     return cls(**kwargs)
+
+
+def _convert(cls: type, data: Any, where: str, problems: list[str]) -> dict[str, Any]:
+    path = where.removeprefix("config").lstrip(".")
+    known = {f.name: f for f in fields(cls)}
+    if not isinstance(data, dict):
+        problems.append(problem(path or "config", data, f"a table of the fields {sorted(known)}",
+                                f"set one field at a time, e.g. --set {path}.{sorted(known)[0]}=..."))
+        return {}
+    unknown = sorted(k for k in data if k not in known)
+    if unknown:
+        problems.append(f"{path or 'config'}: got unknown key(s) {unknown} in {where}; expected one of "
+                        f"{sorted(known)}; fix: correct the spelling or remove the key")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for name in (k for k in data if k in known):
+        f, value = known[name], data[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default) and isinstance(value, type(default)):
+            kwargs[name] = value
+            continue
+        if dataclasses.is_dataclass(default):
+            sub: list[str] = []
+            built = _convert(type(default), value, f"{where}.{name}", sub)
+            problems.extend(sub)
+            if not sub:
+                kwargs[name] = type(default)(**built)
+            continue
+        ok, converted, expected = _typed(value, hints[name])
+        if ok:
+            kwargs[name] = converted
+        else:
+            field_path = f"{path}.{name}" if path else name
+            problems.append(problem(field_path, value, expected,
+                                    f"--set {field_path}={json.dumps(default, default=str)} (a JSON value; quote "
+                                    "text that looks like a number)"))
+    return kwargs
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "a boolean (true or false)"}
+
+
+def _typed(value: Any, hint: Any) -> tuple[bool, Any, str]:
+    """(value fits ``hint``, the value as stored, what ``hint`` allows in words). A bool is not
+    an integer here (``True`` for a step count is a mistake); an integer is a number."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        inner = next(a for a in get_args(hint) if a is not type(None))
+        expected = f"{_typed(None, inner)[2]} or null"
+        if value is None:
+            return True, None, expected
+        return (*_typed(value, inner)[:2], expected)
+    if origin is tuple:
+        item = get_args(hint)[0]
+        expected = f"a list of {_TYPE_WORDS.get(item, str(item)).split(' ', 1)[1]}s"
+        if not isinstance(value, (list, tuple)):
+            return False, value, expected
+        checked = [_typed(v, item) for v in value]
+        return all(c[0] for c in checked), tuple(c[1] for c in checked), expected
+    expected = _TYPE_WORDS.get(hint, getattr(hint, "__name__", str(hint)))
+    if value is None:
+        return False, value, expected
+    if hint is bool:
+        return isinstance(value, bool), value, expected
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value, expected
+    if hint is float:  # ints kept as given: a config's repr (its artifact signature) must not change
+        return isinstance(value, (int, float)) and not isinstance(value, bool), value, expected
+    return isinstance(value, hint), value, expected

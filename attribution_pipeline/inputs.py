@@ -61,7 +61,7 @@ def _transformers_model(folder: Path, field: str, what: str, processor: bool = T
     return out
 
 
-def _data_problems(cfg: PipelineConfig) -> list[str]:
+def data_problems(cfg: PipelineConfig) -> list[str]:
     d, root = cfg.data, cfg.contributors_path
     if d.source == "cifar100":
         return [f"{root / name}: missing; expected the extracted CIFAR-100 python archive (cifar-100-python/"
@@ -81,7 +81,7 @@ def _data_problems(cfg: PipelineConfig) -> list[str]:
     return out
 
 
-def _model_problems(cfg: PipelineConfig) -> list[str]:
+def model_problems(cfg: PipelineConfig) -> list[str]:
     m = cfg.model
     if m.family == "ldm":
         if not m.autoencoder_path:
@@ -112,7 +112,7 @@ def _model_problems(cfg: PipelineConfig) -> list[str]:
     return []
 
 
-def _property_problems(cfg: PipelineConfig) -> list[str]:
+def property_problems(cfg: PipelineConfig) -> list[str]:
     names, p, out = set(cfg.valuation.properties), cfg.properties, []
     needs_inception = sorted(names & set(INCEPTION_PROPERTIES))
     weights = cfg.classifier.inception_weights
@@ -154,14 +154,14 @@ def _property_problems(cfg: PipelineConfig) -> list[str]:
         module = name.split(":", 1)[0]
         try:
             importlib.import_module(module)
-        except ImportError as exc:
+        except Exception as exc:  # ":" or "..:f" fail with ValueError/TypeError, a user module with anything
             out.append(f"property {name!r}: module {module!r} cannot be imported ({exc}); put it on PYTHONPATH")
     return out
 
 
 def check_local_inputs(cfg: PipelineConfig) -> None:
     """Raise ``MissingInputError`` naming every configured local path that is missing."""
-    problems = _data_problems(cfg) + _model_problems(cfg) + _property_problems(cfg)
+    problems = data_problems(cfg) + model_problems(cfg) + property_problems(cfg)
     if problems:
         raise MissingInputError(problems)
 

@@ -28,6 +28,7 @@ from attribution_pipeline.inputs import MissingInputError, absolute_paths
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.report import print_table
 from attribution_pipeline.stages import budget_problem, next_step, take_snapshot
+from attribution_pipeline.storage.artifacts import clean_leftovers
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline.workdir import prepare_dagster_home, write_pipeline_config
 
@@ -117,8 +118,10 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, leni
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = absolute_paths(cfg)  # the configuration Dagster reads must not depend on its working directory
-    write_pipeline_config(cfg)
     layout = RunLayout.at(cfg.workdir)
+    for path in clean_leftovers(layout.workdir) if layout.workdir.is_dir() else []:
+        say(f"removed {path.relative_to(layout.workdir)}: left by an interrupted write whose process is gone")
+    write_pipeline_config(cfg)
     launcher, store, work = Launcher(layout.workdir, quiet), ResultStore(layout.database), Work()
     say(f"valuing {len(snapshot.accepted)} contributors from {cfg.contributors_path} (method {cfg.valuation.method})")
     say(f"work directory {layout.workdir} (Dagster home {layout.dagster_home})")

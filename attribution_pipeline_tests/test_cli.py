@@ -37,14 +37,14 @@ def test_cli_run_show_query_and_rerun(tmp_path):
     first = _cli("run", *common, "--budget", "4", "--property", "diversity", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     table = first.stdout
-    assert "diversity" in table and "quality" not in table.split("[3/3]")[-1]
+    assert "diversity" in table and "quality" not in table.split("[shapley]")[-1]
     for c in ("digit_2", "digit_3", "digit_5"):
         assert c in table
-    assert "coalitions (sft): 5 to evaluate" in table  # the full coalition + a budget of 4
+    assert "[coalitions] 5 planned coalition(s) lack a current sft utility" in table  # the full coalition + 4
 
     again = _cli("run", *common, "--budget", "4", "--property", "diversity", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "coalitions (sft): 0 to evaluate" in again.stdout
+    assert "is up to date" in again.stdout and "[coalitions]" not in again.stdout
 
     q = _cli("query", "--workdir", str(work), "SELECT count(*) AS n FROM latest_shapley_values WHERE is_default",
              cwd=tmp_path)

@@ -58,7 +58,7 @@ QUICK = {
 def _evaluate(job: tuple[dict, list[str], str, int]) -> tuple[str, str, int, dict, float, bool]:
     """One utility in a worker process: (config dict, members, method, seed)."""
     from attribution_pipeline.coalitions import make_coalition
-    from attribution_pipeline.stages import evaluate_coalition
+    from attribution_pipeline.stages import measure_utility
     from attribution_pipeline.storage.results import ResultStore
 
     cfg_dict, members, method, seed = job

@@ -15,6 +15,7 @@ import dagster as dg
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.storage.results import ResultStore
+from attribution_pipeline.validation import validate_config
 from attribution_pipeline.workdir import default_workdir, read_pipeline_config
 
 
@@ -33,7 +34,9 @@ class PipelineResource(dg.ConfigurableResource):
     def config(self) -> PipelineConfig:
         """The work directory's configuration with this run's overrides applied (validated)."""
         cfg = read_pipeline_config(self.directory())
-        return cfg.override({"valuation": {"method": self.method}}) if self.method else cfg
+        cfg = cfg.override({"valuation": {"method": self.method}}) if self.method else cfg
+        validate_config(cfg)  # a UI launch with a bad value fails here, naming the field, before any work
+        return cfg
 
     def layout(self) -> RunLayout:
         return RunLayout.at(self.directory())

@@ -68,7 +68,11 @@ def round_requests(context, cfg: PipelineConfig, pipeline: PipelineResource, acc
 
 
 def _evaluate(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult | dg.SkipReason:
-    live = pipeline.config()  # the work directory's configuration, read at every tick
+    try:
+        live = pipeline.config()  # the work directory's configuration, read and validated at every tick
+    except ValueError as exc:
+        context.log.error(f"the work directory's configuration is invalid; no round is requested: {exc}")
+        return dg.SkipReason(f"invalid configuration: {exc}")
     if live.data.source != "folders":
         return dg.SkipReason(f"data.source is {live.data.source!r}: the sensor watches folder-per-contributor "
                              "directories only; re-value with `attribution-pipeline run`")

@@ -8,6 +8,7 @@ changes while a run reads the directory joins the next round, never this one hal
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ from attribution_pipeline.inputs import check_local_inputs
 from attribution_pipeline.layout import RunLayout, signature
 from attribution_pipeline.models.registry import get_backend
 from attribution_pipeline.stages.result import Log, quiet
-from attribution_pipeline.storage.artifacts import atomic_write_json
+from attribution_pipeline.storage.artifacts import atomic_write_bytes, atomic_write_json
 
 
 @dataclass
@@ -102,10 +103,9 @@ def _cache_images(cfg: PipelineConfig, layout: RunLayout, c, entry: dict, old: d
     if prev and prev["data_hash"] == c.data_hash and prev.get("resolution") == entry["resolution"] \
             and path.is_file():
         return
-    arr = load_source_images(c, cfg.model.sample_size, cfg.model.channels)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    np.save(buffer, load_source_images(c, cfg.model.sample_size, cfg.model.channels))
+    atomic_write_bytes(path, buffer.getvalue())
     log(f"cached {c.n_images} images of contributor {c.contributor}")
 
 

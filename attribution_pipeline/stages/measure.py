@@ -27,6 +27,7 @@ from attribution_pipeline.stages.utility import (
     untrained_images_signature, utility_spec,
 )
 from attribution_pipeline.storage.artifacts import read_manifest
+from attribution_pipeline.storage.records import write_utility_records
 from attribution_pipeline.storage.results import ResultStore
 
 
@@ -74,6 +75,13 @@ def _utility_rows(cfg: PipelineConfig, key: str, utilities: dict[str, float], me
              "device": str(backend.device), "precision": backend.precision, "inputs_signature": inputs_signature,
              "base_predates": base_predates}
             for p, v in utilities.items()]
+
+
+def _store(store: ResultStore, run_dir, rows: list[dict]) -> None:
+    """The utility record beside the artifact first, then DuckDB: every row the database holds can
+    be rebuilt from the work directory (``attribution-pipeline reindex``)."""
+    write_utility_records(run_dir, rows)
+    store.upsert("utilities", rows)
 
 
 def _train(cfg: PipelineConfig, layout: RunLayout, coalition: Coalition, spec: UtilitySpec, log: Log):
@@ -125,9 +133,9 @@ def measure_utility(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, 
     utilities = score(cfg, layout, load_image_set(spec.images_dir))
     score_s = time.perf_counter() - t0
     cost = ckpt.metadata["cost_s"] + img.metadata["cost_s"] + score_s
-    store.upsert("utilities", _utility_rows(cfg, coalition.key, utilities, method, spec.seed, cost,
-                                            spec.base_version, img.metadata["n_images"], spec.utility_signature,
-                                            members_base_predates(layout, coalition.members, method)))
+    _store(store, spec.images_dir.parent, _utility_rows(
+        cfg, coalition.key, utilities, method, spec.seed, cost, spec.base_version, img.metadata["n_images"],
+        spec.utility_signature, members_base_predates(layout, coalition.members, method)))
     return UtilityOutcome(coalition, ckpt, img, utilities, time.perf_counter() - start,
                           {"score_s": score_s, "method": method, "seed": spec.seed, "images_dir": str(spec.images_dir)})
 
@@ -147,8 +155,9 @@ def measure_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: Resul
     img = _generate_and_save(cfg, model, layout.untrained_images_dir, untrained_images_signature(cfg))
     utilities = score(cfg, layout, load_image_set(layout.untrained_images_dir))
     elapsed = time.perf_counter() - start
-    store.upsert("utilities", _utility_rows(cfg, EMPTY_KEY, utilities, EMPTY_METHOD, empty_seed(cfg), elapsed,
-                                            None, img.metadata["n_images"], empty_utility_signature(cfg, layout)))
+    _store(store, layout.untrained_images_dir.parent, _utility_rows(
+        cfg, EMPTY_KEY, utilities, EMPTY_METHOD, empty_seed(cfg), elapsed, None, img.metadata["n_images"],
+        empty_utility_signature(cfg, layout)))
     empty = make_coalition([], "empty", -1)
     return UtilityOutcome(empty, StageResult("untrained", True, 0.0), img, utilities, elapsed)
 
@@ -174,8 +183,8 @@ def measure_full_model(cfg: PipelineConfig, layout: RunLayout, store: ResultStor
     log(f"full model: {recognized:.1%} of {len(images)} samples recognised with probability >= 0.5")
     elapsed = time.perf_counter() - start
     full = make_coalition(ids, "full", 0)
-    store.upsert("utilities", _utility_rows(cfg, full.key, utilities, "full_model", cfg.train.seed, elapsed,
-                                            full_version, img.metadata["n_images"],
-                                            full_model_utility_signature(cfg, layout)))
+    _store(store, layout.workdir / "models" / "full_model", _utility_rows(
+        cfg, full.key, utilities, "full_model", cfg.train.seed, elapsed, full_version, img.metadata["n_images"],
+        full_model_utility_signature(cfg, layout)))
     return UtilityOutcome(full, StageResult(full_version, True, 0.0), img, utilities, elapsed,
                           {"recognized_fraction": recognized})

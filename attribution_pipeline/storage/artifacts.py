@@ -1,8 +1,10 @@
 """Artifacts are files (or folders) with manifests, written atomically.
 
-A writer fills a temporary sibling (``.name.tmp-<random>``) and renames it into place only once the
-content and its ``manifest.json`` are complete, so a killed process never leaves something that
-looks finished. The manifest's ``content_hash`` is the artifact's data version.
+A writer fills a temporary sibling (``.name.tmp-<pid>@<host>.<random>``) and renames it into place
+only once the content and its ``manifest.json`` are complete, so a killed process never leaves
+something that looks finished. The temporary names carry their writer's process id and host, so
+``clean_leftovers`` can remove what a killed writer left, and only that. The manifest's
+``content_hash`` is the artifact's data version.
 """
 
 from __future__ import annotations
@@ -12,13 +14,27 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 MANIFEST = "manifest.json"
+# ".<name>.tmp-<pid>@<host>.<random>" and ".<name>.old-<pid>@<host>-<attempt>": the writer is named
+LEFTOVER = re.compile(r"^\..+\.(?:tmp-(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]+)\.[^/]*"
+                      r"|old-(?P<opid>\d+)@(?P<ohost>[A-Za-z0-9_-]+)-\d+)$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "localhost"
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary sibling of ``name`` written by this process (for ``tempfile``)."""
+    return f".{name}.tmp-{os.getpid()}@{_host()}."
 
 
 class ArtifactMissingError(FileNotFoundError):
@@ -46,7 +62,7 @@ def hash_folder(folder: Path) -> tuple[str, dict[str, str]]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -72,7 +88,7 @@ def atomic_folder(final: Path, metadata: dict[str, Any] | None = None) -> Iterat
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), dir=final.parent))
     try:
         yield tmp
         content_hash, files = hash_folder(tmp)
@@ -94,7 +110,7 @@ def _swap_into_place(tmp: Path, final: Path, attempts: int = 20) -> None:
     once (a coalition launched from the UI and by the sensor): a rename onto a directory that the
     other one just put in place fails, so move it aside and try again; the last writer wins."""
     for attempt in range(attempts):
-        old = final.with_name(f".{final.name}.old-{os.getpid()}-{attempt}")
+        old = final.with_name(f".{final.name}.old-{os.getpid()}@{_host()}-{attempt}")
         try:
             if final.exists():
                 os.replace(final, old)
@@ -123,3 +139,51 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 def is_complete(folder: Path) -> bool:
     return (Path(folder) / MANIFEST).is_file()
+
+
+def _writer_alive(pid: int, host: str) -> bool:
+    """Whether the writer may still be running: a process on another host cannot be checked, so it
+    counts as alive; here, a pid that signal 0 cannot find is gone (a reused pid counts as alive)."""
+    if host != _host():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def find_leftovers(workdir: str | Path) -> list[tuple[Path, bool]]:
+    """Every temporary or moved-aside artifact under ``workdir`` with a named writer, and whether
+    that writer is still alive. Temporaries of the old unnamed form are not listed: their writer
+    cannot be told apart from a live one."""
+    found = []
+    for folder, dirs, files in os.walk(workdir):
+        for name in [*dirs, *files]:
+            m = LEFTOVER.match(name)
+            if m:
+                pid, host = int(m["pid"] or m["opid"]), m["host"] or m["ohost"]
+                found.append((Path(folder) / name, _writer_alive(pid, host)))
+        dirs[:] = [d for d in dirs if not LEFTOVER.match(d)]  # never walk into a temporary folder
+    return found
+
+
+def clean_leftovers(workdir: str | Path) -> list[Path]:
+    """Remove the temporaries and moved-aside folders whose writer process is gone; return them.
+
+    A live writer's temporaries (this process's included) are kept. Safe at the start of any run:
+    such a folder was never renamed into place, so nothing reads it."""
+    removed = []
+    for path, alive in find_leftovers(workdir):
+        if alive:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if not path.exists():
+            removed.append(path)
+    return removed

@@ -21,6 +21,8 @@ import duckdb
 import polars as pl
 from filelock import FileLock
 
+from attribution_pipeline.storage.artifacts import temp_prefix
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS contributors (
         contributor VARCHAR PRIMARY KEY,
@@ -127,7 +129,7 @@ SCHEMA = [
         computed_at TIMESTAMP NOT NULL,
         PRIMARY KEY (round_id, property, scenario, ranking, repeat)
     )""",
-    # re-valuation (stages/revaluation.py): which contributors a utility's or a round's base never saw,
+    # re-valuation (stages/lineage.py): which contributors a utility's or a round's base never saw,
     # the policy and the estimator a round used, and contributors' duplicate images and removal
     "ALTER TABLE utilities ADD COLUMN IF NOT EXISTS base_predates VARCHAR[]",
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS policy VARCHAR",
@@ -201,7 +203,7 @@ class ResultStore:
                 con.execute("CHECKPOINT")  # everything in the main file, nothing left in the WAL
             finally:
                 con.close()
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.published.name}.tmp-", dir=self.path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.published.name), dir=self.path.parent)
             os.close(fd)
             try:
                 shutil.copyfile(self.path, tmp)
@@ -294,3 +296,81 @@ class ResultStore:
                 ).pl()
             finally:
                 con.unregister("wanted")
+
+
+# ---- the analyst's query surface ----------------------------------------------------------------
+class QueryError(ValueError):
+    """A query that was refused or failed; the message is one line and says what to do."""
+
+
+WRITE_HINT = ("`query` opens the database read-only; to change it on purpose run "
+              "`attribution-pipeline query --write \"...\"` (files stay out of reach unless --external-access)")
+FILES_HINT = ("`query` cannot read or write files by default; pass --external-access to allow "
+              "read_csv, COPY ... TO, ATTACH and extensions")
+
+
+def run_query(db_path: str | Path, sql: str, *, write: bool = False, external_access: bool = False,
+              lock_timeout_s: float = 600.0) -> pl.DataFrame | None:
+    """Run ``sql`` on the database at ``db_path``; the last statement's result, or None.
+
+    Read-only by default (``read_only=True``), and with DuckDB's external access off
+    (``enable_external_access=false``: no COPY TO, read_csv, ATTACH or extension install), so an
+    analyst's query can neither destroy results nor write files by accident. ``write=True`` opens it
+    read-write; ``external_access=True`` allows files. The connection is taken under the store's
+    inter-process lock (``attribution.duckdb.lock``): a running valuation's writers queue behind it
+    for the duration of the query instead of failing on DuckDB's own file lock.
+    """
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise QueryError(f"{db_path} does not exist")
+    if not sql.strip():
+        raise QueryError("the SQL statement is empty; e.g. `attribution-pipeline query \"SELECT * FROM utilities\"`")
+    config = {"enable_external_access": bool(external_access)}
+    with FileLock(str(db_path) + ".lock", timeout=lock_timeout_s):
+        try:
+            con = duckdb.connect(str(db_path), read_only=not write, config=config)
+        except duckdb.Error as exc:
+            raise QueryError(f"cannot open {db_path}: {_first_line(exc)}") from exc
+        try:
+            result = con.execute(sql)
+            return result.pl() if result is not None and result.description else None
+        except duckdb.Error as exc:
+            raise QueryError(_explain(exc, write, external_access)) from exc
+        finally:
+            con.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _explain(exc: duckdb.Error, write: bool, external_access: bool) -> str:
+    """DuckDB's error, with what to do when it is the read-only or the no-files guard."""
+    text = _first_line(exc)
+    if not write and "read-only" in text:
+        return f"{text} ({WRITE_HINT})"
+    if not external_access and isinstance(exc, duckdb.PermissionException):
+        return f"{text} ({FILES_HINT})"
+    return text
+
+
+def run_published_query(db_path: str | Path, sql: str, *, external_access: bool = False) -> pl.DataFrame | None:
+    """``run_query`` on the published copy: always read-only, never waits for a running valuation
+    (the copy is replaced by rename, never written in place, so no lock is taken)."""
+    published = published_path(db_path)
+    if not published.is_file():
+        raise QueryError(f"{published} does not exist yet (it is written after each write to {Path(db_path).name})")
+    if not sql.strip():
+        raise QueryError("the SQL statement is empty")
+    try:
+        con = duckdb.connect(str(published), read_only=True,
+                             config={"enable_external_access": bool(external_access)})
+    except duckdb.Error as exc:
+        raise QueryError(f"cannot open {published}: {_first_line(exc)}") from exc
+    try:
+        result = con.execute(sql)
+        return result.pl() if result is not None and result.description else None
+    except duckdb.Error as exc:
+        raise QueryError(_explain(exc, False, external_access)) from exc
+    finally:
+        con.close()
