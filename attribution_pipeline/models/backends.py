@@ -105,10 +105,17 @@ class DDPMBackend:
     def train(self, model: torch.nn.Module, data: Data, *, steps: int, batch_size: int, lr: float, seed: int,
               warmup_steps: int = 0, ema: str = "reset", ema_decay: float = 0.999, progress: Progress | None = None,
               progress_every: int = 100) -> TrainResult:
-        with autocast(self.device, self.precision):
-            return train_diffusion(model, data.x, self.unet_cfg, steps=steps, batch_size=batch_size, lr=lr,
-                                   seed=seed, warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay,
-                                   progress=progress, progress_every=progress_every, device=self.device)
+        """``train.train_diffusion`` on ``data.x`` on this run's device and precision, with this
+        family's hooks (``loop_hooks``)."""
+        return train_diffusion(model, data.x, self.unet_cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                               warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay, progress=progress,
+                               progress_every=progress_every, device=self.device, precision=self.precision,
+                               **self.loop_hooks(model, data))
+
+    def loop_hooks(self, model: torch.nn.Module, data: Data) -> dict[str, Any]:
+        """This family's keyword hooks of ``train_diffusion`` (``predict``, ``scheduler``,
+        ``parameters``, ``weight_decay``); none for an unconditional UNet trained whole."""
+        return {}
 
     def prune(self, model: torch.nn.Module, data: Data, p: PruneConfig):
         """Structural channel pruning (``pruning.prune_unet``) in place; returns (model, PruneReport)."""
