@@ -21,11 +21,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, NamedTuple, Sequence
 
-import numpy as np
 import torch
 
 from attribution_pipeline.config import ModelConfig, PipelineConfig, PruneConfig
-from attribution_pipeline.data.contributors import to_model_range
+from attribution_pipeline.data.contributors import stack_member_arrays, to_model_range
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.models.hardware import autocast, run_device, run_precision
 from attribution_pipeline.models.train import TrainResult, train_diffusion
@@ -47,15 +46,8 @@ class Data(NamedTuple):
 
 def load_pixels(layout: RunLayout, members: Sequence[str]) -> Data:
     """Cached images of ``members`` as float [-1, 1] ``(N, C, H, W)`` and member index labels."""
-    arrays, labels = [], []
-    for j, m in enumerate(members):
-        path = layout.contributor_array(m)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: materialize the `contributors` asset first")
-        a = np.load(path)
-        arrays.append(a)
-        labels.append(np.full(len(a), j, dtype=np.int64))
-    return Data(to_model_range(np.concatenate(arrays)), torch.from_numpy(np.concatenate(labels)))
+    images, labels = stack_member_arrays(layout.contributor_array(m) for m in members)
+    return Data(to_model_range(images), torch.from_numpy(labels))
 
 
 class DDPMBackend:
