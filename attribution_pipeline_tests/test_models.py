@@ -52,6 +52,8 @@ def test_ema_modes_differ_and_none_returns_raw_weights(digits):
         train_diffusion(build_unet(TINY), digits, TINY, ema="bogus", **kwargs)
     with pytest.raises(ValueError, match="non-empty"):
         train_diffusion(build_unet(TINY), digits[:0], TINY, **kwargs)
+    with pytest.raises(ValueError, match="model_cfg or a noise scheduler"):
+        train_diffusion(build_unet(TINY), digits, None, **kwargs)
 
 
 class _PerMember(torch.nn.Module):

@@ -142,9 +142,10 @@ def train_diffusion(
     runs each forward pass under bf16 autocast; weights, gradients and the loss stay float32.
     """
     _check(images, ema, steps)
-    if scheduler is None and model_cfg is None:
-        raise ValueError("train_diffusion needs model_cfg or a noise scheduler")
-    scheduler = scheduler or noise_scheduler(model_cfg)
+    if scheduler is None:
+        if model_cfg is None:
+            raise ValueError("train_diffusion needs model_cfg or a noise scheduler")
+        scheduler = noise_scheduler(model_cfg)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     n_t = scheduler.config.num_train_timesteps
