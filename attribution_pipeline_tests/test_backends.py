@@ -119,6 +119,25 @@ def test_lora_training_moves_only_the_adapter_and_the_checkpoint_round_trips(mod
     assert torch.allclose(_probe(backend.load(tmp_path / "ckpt")), _probe(result.model), atol=1e-6)
 
 
+def test_lora_loop_hooks_condition_each_row_on_its_members_caption(model_zoo):
+    """sd_lora trains through the shared loop; its hooks alone make it text-conditioned LoRA training."""
+    backend = get_backend(sd_config(model_zoo))
+    model = backend.build(seed=0)
+    data = Data(torch.zeros(4, 4, 8, 8), torch.tensor([0, 1, 1, 0]), ("a painting by ann", "a photo of bob"))
+    hooks = backend.loop_hooks(model, data)
+    assert {id(p) for p in hooks["parameters"]} == {id(p) for n, p in model.named_parameters() if "lora_" in n}
+    assert hooks["scheduler"].config.beta_schedule == "scaled_linear"  # the folder's, not ModelConfig's
+    g = torch.Generator().manual_seed(0)
+    x, t, rows = torch.randn(3, 4, 8, 8, generator=g), torch.tensor([5, 300, 900]), torch.tensor([1, 3, 2])
+    with torch.no_grad():
+        got = hooks["predict"](model, x, t, rows)
+        want = model(x, t, encoder_hidden_states=backend.embed(["a photo of bob", "a painting by ann",
+                                                                "a photo of bob"])).sample
+        other = model(x, t, encoder_hidden_states=backend.embed(["a painting by ann"] * 3)).sample
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, other)  # the caption reaches the UNet
+
+
 def test_rank_pruning_keeps_the_largest_terms_and_what_they_compute(model_zoo):
     backend = get_backend(sd_config(model_zoo))
     model = backend.build(seed=0)

@@ -219,3 +219,15 @@ def test_mixed_modes_in_one_contributor_load_to_one_shape(tmp_path):
     found = {c.contributor: c for c in discover_contributors(tmp_path / "c")}
     arr = load_contributor_images(found["mixed"], 8, 1)
     assert arr.shape == (5, 1, 8, 8) and arr.dtype == np.uint8
+
+
+def test_member_arrays_stack_in_member_order_with_member_labels(tmp_path):
+    from attribution_pipeline.data.contributors import stack_member_arrays
+
+    np.save(tmp_path / "b.npy", np.full((2, 1, 2, 2), 7, dtype=np.uint8))
+    np.save(tmp_path / "a.npy", np.full((3, 1, 2, 2), 1, dtype=np.uint8))
+    rows, labels = stack_member_arrays([tmp_path / "b.npy", tmp_path / "a.npy"])
+    assert rows.shape == (5, 1, 2, 2) and rows[:2].max() == 7 and rows[2:].max() == 1
+    assert labels.dtype == np.int64 and labels.tolist() == [0, 0, 1, 1, 1]
+    with pytest.raises(FileNotFoundError, match=r"c\.npy is missing: materialize the `contributors` asset first \(why\)"):
+        stack_member_arrays([tmp_path / "a.npy", tmp_path / "c.npy"], " (why)")

@@ -7,7 +7,7 @@ from attribution_pipeline.config import ModelConfig
 from attribution_pipeline.data.contributors import to_model_range
 from attribution_pipeline.data.digits import digits_arrays
 from attribution_pipeline.models.sampling import generate_images, initial_noise
-from attribution_pipeline.models.train import train_diffusion
+from attribution_pipeline.models.train import prediction_target, train_diffusion
 from attribution_pipeline.models.unet import build_unet, count_parameters, load_unet, save_unet
 
 TINY = ModelConfig(block_out_channels=(16, 32))
@@ -52,6 +52,76 @@ def test_ema_modes_differ_and_none_returns_raw_weights(digits):
         train_diffusion(build_unet(TINY), digits, TINY, ema="bogus", **kwargs)
     with pytest.raises(ValueError, match="non-empty"):
         train_diffusion(build_unet(TINY), digits[:0], TINY, **kwargs)
+    with pytest.raises(ValueError, match="model_cfg or a noise scheduler"):
+        train_diffusion(build_unet(TINY), digits, None, **kwargs)
+
+
+class _PerMember(torch.nn.Module):
+    """A 'model' predicting one learned constant per member, times a gain the loop must not train."""
+
+    def __init__(self, members: int):
+        super().__init__()
+        self.level = torch.nn.Parameter(torch.zeros(members, 1, 1, 1))
+        self.gain = torch.nn.Parameter(torch.ones(1))
+
+
+def test_the_loop_hooks_condition_on_the_batch_rows_and_choose_target_and_parameters():
+    from diffusers import DDPMScheduler
+
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    levels = torch.tensor([-0.5, 0.25, 0.75])
+    images = levels[labels].view(-1, 1, 1, 1).expand(-1, 1, 4, 4).clone()  # member k's rows are levels[k]
+    seen = []
+
+    def predict(model, noisy, timesteps, rows):  # conditioning looked up from the rows of this batch
+        seen.append(rows.clone())
+        return (model.level[labels[rows]] * model.gain).expand_as(noisy)
+
+    model = _PerMember(3)
+    # prediction_type "sample": the target is x0 itself, so each member's level is learnable exactly
+    # only if the hook is handed the rows that were noised
+    result = train_diffusion(model, images, None, steps=300, batch_size=6, lr=0.05, seed=0, ema="none",
+                             predict=predict, parameters=[model.level], weight_decay=0.0,
+                             scheduler=DDPMScheduler(num_train_timesteps=50, prediction_type="sample"))
+    torch.testing.assert_close(result.model.level.detach().flatten(), levels, atol=1e-2, rtol=0)
+    assert torch.equal(result.model.gain.detach(), torch.ones(1))  # not in `parameters`: untouched
+    assert len(seen) == 300 and all(r.shape == (6,) and r.max() < 6 for r in seen)
+    assert result.final_loss < 1e-3 < result.first_loss
+
+
+def test_prediction_target_follows_the_scheduler():
+    from diffusers import DDPMScheduler
+
+    g = torch.Generator().manual_seed(0)
+    x0, noise, t = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g), torch.tensor([1, 40, 99])
+    assert prediction_target(DDPMScheduler(num_train_timesteps=100), x0, noise, t) is noise
+    v_sched = DDPMScheduler(num_train_timesteps=100, prediction_type="v_prediction")
+    ab = v_sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(prediction_target(v_sched, x0, noise, t), ab.sqrt() * noise - (1 - ab).sqrt() * x0)
+    bogus = DDPMScheduler(num_train_timesteps=100)
+    bogus.register_to_config(prediction_type="bogus")
+    with pytest.raises(ValueError, match="prediction_type"):
+        prediction_target(bogus, x0, noise, t)
+
+
+def test_bf16_training_learns_like_fp32(digits):
+    """bf16 autocast must wrap each forward pass, not the whole loop: autocast caches its bf16
+    copies of the weights until its outermost context exits, and a loop inside one context kept
+    training on the first step's weights (a flat loss)."""
+    from attribution_pipeline.config import PipelineConfig
+    from attribution_pipeline.models.backends import Data, DDPMBackend
+
+    def losses(precision):
+        cfg = PipelineConfig().override({"model": {"block_out_channels": [16, 32]},
+                                         "hardware": {"device": "cpu", "precision": precision}})
+        backend = DDPMBackend(cfg)
+        assert backend.precision == precision
+        data = Data(digits, torch.zeros(len(digits), dtype=torch.long))
+        return backend.train(backend.build(seed=2), data, steps=15, batch_size=8, lr=2e-3, seed=3).losses
+
+    bf16, fp32 = losses("bf16"), losses("fp32")
+    assert sum(bf16[-5:]) < 0.7 * sum(bf16[:5])
+    assert max(abs(a - b) for a, b in zip(bf16, fp32)) < 0.05
 
 
 def test_generation_uses_common_random_numbers():

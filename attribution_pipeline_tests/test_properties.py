@@ -286,3 +286,28 @@ def test_context_load_needs_matching_statistics(context, tmp_path, classifier, d
         PropertyContext.load(tmp_path, inception_weights=tmp_path / "inception.pt")
     with pytest.raises(FileNotFoundError, match="classifier.pt"):
         PropertyContext.load(tmp_path / "empty")
+
+
+def test_plugin_properties_register_without_an_import_cycle():
+    """The package imports the registry and the plugins; the registry imports no plugin. A fresh
+    interpreter that only asks the registry still finds every plugin property."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import attribution_pipeline.properties.registry as registry
+
+    plugins = {"aesthetic", "embedding_diversity", "inception"}
+    imported = set()
+    for node in ast.walk(ast.parse(Path(registry.__file__).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported |= {node.module.rsplit(".", 1)[-1]} | {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name.rsplit(".", 1)[-1] for a in node.names}
+    assert not imported & plugins
+    code = ("from attribution_pipeline.properties.registry import get_property, known_properties\n"
+            "print(get_property('aesthetic').name, get_property('diversity_entropy').name, get_property('fid').name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(registry.__file__).parents[2])
+    assert out.stdout.split() == ["aesthetic", "diversity_entropy", "fid"]

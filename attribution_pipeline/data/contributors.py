@@ -324,6 +324,20 @@ def load_contributor_images(contributor: Contributor, size: int, channels: int) 
     return np.stack([load_image(f, size, channels) for f in contributor.files])
 
 
+def stack_member_arrays(paths: Iterable[Path], hint: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The cached arrays of a coalition's members (one ``.npy`` per member, in member order),
+    concatenated along the first axis, and the member index of each row (int64 ``(N,)``).
+    A missing file is a ``FileNotFoundError`` naming it and the asset that writes it (+ ``hint``)."""
+    arrays, labels = [], []
+    for j, path in enumerate(paths):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} is missing: materialize the `contributors` asset first{hint}")
+        a = np.load(path)
+        arrays.append(a)
+        labels.append(np.full(len(a), j, dtype=np.int64))
+    return np.concatenate(arrays), np.concatenate(labels)
+
+
 def to_model_range(images_uint8: np.ndarray):
     """uint8 ``(N,C,H,W)`` in 0..255 → float32 torch tensor in [-1, 1]."""
     import torch

@@ -21,11 +21,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, NamedTuple, Sequence
 
-import numpy as np
 import torch
 
 from attribution_pipeline.config import ModelConfig, PipelineConfig, PruneConfig
-from attribution_pipeline.data.contributors import to_model_range
+from attribution_pipeline.data.contributors import stack_member_arrays, to_model_range
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.models.hardware import autocast, run_device, run_precision
 from attribution_pipeline.models.train import TrainResult, train_diffusion
@@ -47,15 +46,8 @@ class Data(NamedTuple):
 
 def load_pixels(layout: RunLayout, members: Sequence[str]) -> Data:
     """Cached images of ``members`` as float [-1, 1] ``(N, C, H, W)`` and member index labels."""
-    arrays, labels = [], []
-    for j, m in enumerate(members):
-        path = layout.contributor_array(m)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: materialize the `contributors` asset first")
-        a = np.load(path)
-        arrays.append(a)
-        labels.append(np.full(len(a), j, dtype=np.int64))
-    return Data(to_model_range(np.concatenate(arrays)), torch.from_numpy(np.concatenate(labels)))
+    images, labels = stack_member_arrays(layout.contributor_array(m) for m in members)
+    return Data(to_model_range(images), torch.from_numpy(labels))
 
 
 class DDPMBackend:
@@ -105,10 +97,17 @@ class DDPMBackend:
     def train(self, model: torch.nn.Module, data: Data, *, steps: int, batch_size: int, lr: float, seed: int,
               warmup_steps: int = 0, ema: str = "reset", ema_decay: float = 0.999, progress: Progress | None = None,
               progress_every: int = 100) -> TrainResult:
-        with autocast(self.device, self.precision):
-            return train_diffusion(model, data.x, self.unet_cfg, steps=steps, batch_size=batch_size, lr=lr,
-                                   seed=seed, warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay,
-                                   progress=progress, progress_every=progress_every, device=self.device)
+        """``train.train_diffusion`` on ``data.x`` on this run's device and precision, with this
+        family's hooks (``loop_hooks``)."""
+        return train_diffusion(model, data.x, self.unet_cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                               warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay, progress=progress,
+                               progress_every=progress_every, device=self.device, precision=self.precision,
+                               **self.loop_hooks(model, data))
+
+    def loop_hooks(self, model: torch.nn.Module, data: Data) -> dict[str, Any]:
+        """This family's keyword hooks of ``train_diffusion`` (``predict``, ``scheduler``,
+        ``parameters``, ``weight_decay``); none for an unconditional UNet trained whole."""
+        return {}
 
     def prune(self, model: torch.nn.Module, data: Data, p: PruneConfig):
         """Structural channel pruning (``pruning.prune_unet``) in place; returns (model, PruneReport)."""

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from attribution_pipeline.data.contributors import to_model_range
+from attribution_pipeline.data.contributors import stack_member_arrays, to_model_range
 from attribution_pipeline.layout import RunLayout, signature
 from attribution_pipeline.storage.artifacts import atomic_write_json, hash_folder
 
@@ -145,13 +145,6 @@ def cache_latents(layout: RunLayout, contributors: Sequence[dict], autoencoder_p
 
 def load_latents(layout: RunLayout, members: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached latents of ``members`` ``(N, C, h, w)`` and their member index labels ``(N,)``."""
-    arrays, labels = [], []
-    for j, m in enumerate(members):
-        path = latents_dir(layout) / f"{m}.npy"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: materialize the `contributors` asset first "
-                                    "(it caches the latents of the latent model families)")
-        a = np.load(path)
-        arrays.append(a)
-        labels.append(np.full(len(a), j, dtype=np.int64))
-    return torch.from_numpy(np.concatenate(arrays)), torch.from_numpy(np.concatenate(labels))
+    latents, labels = stack_member_arrays((latents_dir(layout) / f"{m}.npy" for m in members),
+                                          " (it caches the latents of the latent model families)")
+    return torch.from_numpy(latents), torch.from_numpy(labels)

@@ -84,6 +84,24 @@ class PruneReport:
         return json.loads(json.dumps(asdict(self) | {"params_kept": self.params_kept}))
 
 
+def _prune_inputs(model: UNet2DModel, importance: str, example_inputs, calibration_images: torch.Tensor | None,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ``prune_unet``'s importance and calibration arguments; the (sample, timestep) pair that
+    traces the graph (see ``prune_unet`` for the defaults)."""
+    if importance not in IMPORTANCES:
+        raise ValueError(f"importance={importance!r} is unknown; use one of {IMPORTANCES}.")
+    if importance == "taylor":
+        if calibration_images is None:
+            raise ValueError("importance='taylor' needs calibration_images (float (N,C,H,W) in [-1,1]).")
+        _check_calibration_images(model, calibration_images)
+    if example_inputs is None:
+        param = next(model.parameters())
+        return _default_example_inputs(model, seed, param.device, param.dtype)
+    if isinstance(example_inputs, Mapping):
+        return example_inputs["sample"], example_inputs["timestep"]
+    return example_inputs
+
+
 def prune_unet(
     model: UNet2DModel,
     ratio: float = 0.3,
@@ -109,18 +127,7 @@ def prune_unet(
     Gradients are cleared afterwards; the training/eval mode is restored.
     """
     _check_ratio(ratio)
-    if importance not in IMPORTANCES:
-        raise ValueError(f"importance={importance!r} is unknown; use one of {IMPORTANCES}.")
-    if importance == "taylor":
-        if calibration_images is None:
-            raise ValueError("importance='taylor' needs calibration_images (float (N,C,H,W) in [-1,1]).")
-        _check_calibration_images(model, calibration_images)
-    param = next(model.parameters())
-    if example_inputs is None:
-        example_inputs = _default_example_inputs(model, seed, param.device, param.dtype)
-    elif isinstance(example_inputs, Mapping):
-        example_inputs = (example_inputs["sample"], example_inputs["timestep"])
-
+    example_inputs = _prune_inputs(model, importance, example_inputs, calibration_images, seed)
     was_training = model.training
     model.eval()
     try:

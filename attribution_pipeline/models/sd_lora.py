@@ -25,18 +25,15 @@ import functools
 import inspect
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from attribution_pipeline.config import PipelineConfig, PruneConfig
 from attribution_pipeline.models.backends import Data, DDPMBackend
 from attribution_pipeline.models.hardware import autocast
 from attribution_pipeline.models.latents import autoencoder_geometry
-from attribution_pipeline.models.train import EMA_MODES, TrainResult, _lr_lambda
 from attribution_pipeline.storage.artifacts import atomic_folder, read_manifest
 
 KIND = "sd_lora"
@@ -245,53 +242,18 @@ class SDLoRABackend(DDPMBackend):
         report = LoRAPruneReport(p.ratio, params_before, lora_parameter_count(pruned), before, after)
         return pruned, report
 
-    def train(self, model, data: Data, *, steps, batch_size, lr, seed, warmup_steps=0, ema="reset", ema_decay=0.999,
-              progress=None, progress_every=100) -> TrainResult:
-        """The LoRA training loop: like ``train.train_diffusion`` (seeded batches, timesteps and
-        noise; warm-up then cosine decay; EMA of the trained weights), with the member's caption as
-        the text condition and the folder's noise schedule and prediction type."""
-        if ema not in EMA_MODES:
-            raise ValueError(f"ema must be one of {EMA_MODES}, got {ema!r}")
-        from diffusers.training_utils import EMAModel
+    def loop_hooks(self, model, data: Data) -> dict:
+        """The shared loop (``train.train_diffusion``) with each row's member caption as the text
+        condition, the folder's noise schedule and prediction type, and the adapter as the only
+        trained (and averaged) parameters, under AdamW's usual LoRA weight decay of 1e-2."""
+        cond = self.embed(data.captions or (self.cfg.model.prompt,))  # (members, L, D)
+        labels = data.labels  # (N,) member index of each training row
 
-        start = time.perf_counter()
-        noise_sched = self.parts[3]
-        captions = data.captions or (self.cfg.model.prompt,)
-        cond = self.embed(captions)  # (members, L, D)
-        x_all, labels = data.x, data.labels
-        model.to(self.device).train()
-        params = [q for q in model.parameters() if q.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup_steps, steps))
-        ema_model = None if ema == "none" else EMAModel(
-            params, decay=ema_decay, min_decay=ema_decay if ema == "continue" else 0.0,
-            use_ema_warmup=(ema == "reset"), inv_gamma=1.0, power=2 / 3)
-        gen = torch.Generator().manual_seed(seed)
-        n_t, losses = noise_sched.config.num_train_timesteps, []
-        for step in range(steps):
-            idx = torch.randint(0, len(x_all), (batch_size,), generator=gen)
-            x0 = x_all[idx].to(self.device)
-            noise = torch.randn(x0.shape, generator=gen).to(self.device)
-            t = torch.randint(0, n_t, (batch_size,), generator=gen).to(self.device)
-            xt = noise_sched.add_noise(x0, noise, t)
-            target = noise if noise_sched.config.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
-            with autocast(self.device, self.precision):
-                pred = model(xt, t, encoder_hidden_states=cond[labels[idx].to(self.device)]).sample
-            loss = F.mse_loss(pred.float(), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema_model is not None:
-                ema_model.step(params)
-            losses.append(float(loss.detach()))
-            if progress is not None and ((step + 1) % progress_every == 0 or step + 1 == steps):
-                recent = losses[-progress_every:]
-                progress(step + 1, steps, sum(recent) / len(recent))
-        if ema_model is not None and steps > 0:
-            ema_model.copy_to(params)
-        model.eval()
-        return TrainResult(model=model, losses=losses, elapsed_s=time.perf_counter() - start)
+        def predict(unet, noisy, timesteps, rows):
+            return unet(noisy, timesteps, encoder_hidden_states=cond[labels[rows].to(self.device)]).sample
+
+        return {"predict": predict, "scheduler": self.parts[3], "weight_decay": 1e-2,
+                "parameters": [q for q in model.parameters() if q.requires_grad]}
 
     @torch.no_grad()
     def generate(self, model, *, n_images, steps, seed, batch_size) -> torch.Tensor:

@@ -1,8 +1,12 @@
-"""The DDPM training loop, used for the full model, the pruned base and each coalition.
+"""The one diffusion training loop: the full model, the pruned base and each coalition, of every family.
 
-One loop, nanoGPT-style: draw a seeded batch, add noise at a random timestep, regress the noise,
-step Adam, update the EMA. The returned model holds the EMA weights (the ones we sample from),
-unless ``ema="none"``.
+nanoGPT-style: draw a seeded batch, add noise at a random timestep, regress the scheduler's
+prediction target (the noise, the velocity or the clean sample), step Adam(W), update the EMA. The
+returned model holds the EMA weights (the ones we sample from), unless ``ema="none"``.
+
+A family plugs in through keyword hooks instead of a loop of its own: ``predict`` (how the model is
+called, e.g. with a text condition), ``scheduler`` (its noise schedule and prediction type),
+``parameters`` (what trains, e.g. a LoRA adapter only) and ``weight_decay``.
 """
 
 from __future__ import annotations
@@ -10,16 +14,21 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 
 from attribution_pipeline.config import ModelConfig
+from attribution_pipeline.models.hardware import autocast
 from attribution_pipeline.models.unet import noise_scheduler
 
 ProgressFn = Callable[[int, int, float], None]  # (step, total steps, recent mean loss)
+# (model, noisy x_t (B, C, H, W), timesteps (B,) int64, rows (B,) int64 CPU indices into the
+# training tensor) -> the model's prediction (B, C, H, W)
+PredictFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 EMA_MODES = ("reset", "continue", "none")
 
 
@@ -50,75 +59,122 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def train_diffusion(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    model_cfg: ModelConfig,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    warmup_steps: int = 0,
-    ema: str = "reset",
-    ema_decay: float = 0.999,
-    progress: ProgressFn | None = None,
-    progress_every: int = 100,
-    device: str | torch.device = "cpu",
-) -> TrainResult:
-    """Train ``model`` in place on ``images`` (float ``(N,C,H,W)`` in [-1, 1]) for ``steps`` steps.
+def unconditional(model: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The default ``predict`` hook: a diffusers UNet called on ``(x_t, t)`` alone."""
+    return model(noisy, timesteps).sample
 
-    ``ema``: "reset" = a fresh EMA with warm-up (effective decay grows towards ``ema_decay``, so a
-    short fine-tune is not drowned by its starting weights); "continue" = a fixed ``ema_decay``
-    from the first step (the reference code's choice); "none" = return the raw weights.
-    Every random draw (batches, timesteps, noise) comes from a generator seeded with ``seed``.
-    """
+
+def prediction_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the model regresses, by ``scheduler.config.prediction_type``: the noise ("epsilon"),
+    the velocity ``sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x0`` ("v_prediction") or ``x0`` ("sample");
+    same shape as ``x0``."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unsupported scheduler prediction_type {kind!r} (epsilon, v_prediction or sample)")
+
+
+def _check(images: torch.Tensor, ema: str, steps: int) -> None:
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
     if ema not in EMA_MODES:
         raise ValueError(f"ema must be one of {EMA_MODES}, got {ema!r}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+
+
+def _ema(params: list[torch.nn.Parameter], ema: str, decay: float) -> EMAModel | None:
+    if ema == "none":
+        return None
+    return EMAModel(
+        params,
+        decay=decay,
+        # "continue": a fixed decay from the first step (min_decay pins it; EMAModel would
+        # otherwise ramp the decay up by itself)
+        min_decay=decay if ema == "continue" else 0.0,
+        use_ema_warmup=(ema == "reset"),
+        inv_gamma=1.0,
+        power=2 / 3,
+    )
+
+
+def _batch(images: torch.Tensor, gen: torch.Generator, batch_size: int, n_t: int):
+    """One seeded draw, in this order: rows ``(B,)``, their noise (shape of the rows), timesteps
+    ``(B,)`` in ``[0, n_t)``; all on the CPU so a seed gives the same batch on every device."""
+    idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
+    x0 = images[idx]
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, n_t, (batch_size,), generator=gen)
+    return idx, x0, noise, t
+
+
+def _report(progress: ProgressFn | None, losses: list[float], steps: int, every: int) -> None:
+    step = len(losses)
+    if progress is not None and (step % every == 0 or step == steps):
+        recent = losses[-every:]
+        progress(step, steps, sum(recent) / len(recent))
+
+
+def train_diffusion(
+    model: torch.nn.Module, images: torch.Tensor, model_cfg: ModelConfig | None, *, steps: int, batch_size: int,
+    lr: float, seed: int, warmup_steps: int = 0, ema: str = "reset", ema_decay: float = 0.999,
+    progress: ProgressFn | None = None, progress_every: int = 100, device: str | torch.device = "cpu",
+    precision: str = "fp32", predict: PredictFn = unconditional, scheduler: DDPMScheduler | None = None,
+    parameters: Iterable[torch.nn.Parameter] | None = None, weight_decay: float = 0.0,
+) -> TrainResult:
+    """Train ``model`` in place on ``images`` (float ``(N,C,H,W)``: pixels in [-1, 1] or scaled
+    latents) for ``steps`` steps of ``batch_size`` rows.
+
+    ``ema``: "reset" = a fresh EMA with warm-up (effective decay grows towards ``ema_decay``, so a
+    short fine-tune is not drowned by its starting weights); "continue" = a fixed ``ema_decay``
+    from the first step (the reference code's choice); "none" = return the raw weights.
+    Every random draw (batches, timesteps, noise) comes from a generator seeded with ``seed``.
+    The learning rate warms up linearly over ``warmup_steps`` and then decays by a cosine to 0.1 lr.
+
+    Hooks: ``scheduler`` is the noise schedule, whose ``prediction_type`` picks the regression
+    target (default ``noise_scheduler(model_cfg)``); ``predict`` calls the model (default: no
+    conditioning); ``parameters`` are what the optimizer and the EMA see (default: all of the
+    model's); ``weight_decay`` is AdamW's decoupled decay (0 = plain Adam). ``precision`` "bf16"
+    runs each forward pass under bf16 autocast; weights, gradients and the loss stay float32.
+    """
+    _check(images, ema, steps)
+    if scheduler is None:
+        if model_cfg is None:
+            raise ValueError("train_diffusion needs model_cfg or a noise scheduler")
+        scheduler = noise_scheduler(model_cfg)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    scheduler = noise_scheduler(model_cfg)
     n_t = scheduler.config.num_train_timesteps
     model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    params = list(model.parameters() if parameters is None else parameters)
+    # AdamW with weight_decay 0 computes exactly Adam's update
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup_steps, steps))
-    ema_model = None
-    if ema != "none":
-        ema_model = EMAModel(
-            model.parameters(),
-            decay=ema_decay,
-            # "continue": a fixed decay from the first step (min_decay pins it; EMAModel would
-            # otherwise ramp the decay up by itself)
-            min_decay=ema_decay if ema == "continue" else 0.0,
-            use_ema_warmup=(ema == "reset"),
-            inv_gamma=1.0,
-            power=2 / 3,
-        )
+    ema_model = _ema(params, ema, ema_decay)
     losses: list[float] = []
-    n = images.shape[0]
-    for step in range(steps):
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
-        x0 = images[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, n_t, (batch_size,), generator=gen)
+    for _ in range(steps):
+        idx, x0, noise, t = _batch(images, gen, batch_size, n_t)
         x0, noise, t = x0.to(device), noise.to(device), t.to(device)
         xt = scheduler.add_noise(x0, noise, t)
-        loss = F.mse_loss(model(xt, t).sample, noise)
+        # autocast around the forward only, entered afresh each step: autocast keeps its bf16 copies
+        # of the weights until the outermost context exits, so one context around the whole loop
+        # would run every forward on the first step's weights
+        with autocast(device, precision):
+            pred = predict(model, xt, t, idx)
+        loss = F.mse_loss(pred.float(), prediction_target(scheduler, x0, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if ema_model is not None:
-            ema_model.step(model.parameters())
+            ema_model.step(params)
         losses.append(float(loss.detach()))
-        if progress is not None and ((step + 1) % progress_every == 0 or step + 1 == steps):
-            recent = losses[-progress_every:]
-            progress(step + 1, steps, sum(recent) / len(recent))
+        _report(progress, losses, steps, progress_every)
     if ema_model is not None and steps > 0:
-        ema_model.copy_to(model.parameters())
+        ema_model.copy_to(params)
     model.eval()
     return TrainResult(model=model, losses=losses, elapsed_s=time.perf_counter() - start)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attribution_pipeline.properties.registry import register_property
 from attribution_pipeline.properties.vision import l2_normalise, load_vision_encoder
 
 
@@ -68,8 +69,6 @@ def aesthetic(images: torch.Tensor, ctx) -> float:
 
 
 def _register() -> None:
-    from attribution_pipeline.properties.registry import register_property
-
     register_property("aesthetic", aesthetic, replace=True,
                       description="a quantile (0.9 by default) of LAION aesthetic scores on CLIP image embeddings")
 

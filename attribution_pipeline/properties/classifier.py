@@ -195,21 +195,23 @@ def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
 
 
+def _labelled_cpu(images, labels, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``images`` as float32 ``(N, C, H, W)`` and ``labels`` as int64 ``(N,)`` in ``0..n_classes-1``,
+    on the CPU; a ValueError when the shapes or labels do not fit."""
+    images = torch.as_tensor(images, dtype=torch.float32).cpu()
+    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+    if images.ndim != 4 or len(images) != len(labels):
+        raise ValueError(f"expected images (N, C, H, W) and labels (N,), "
+                         f"got {tuple(images.shape)} and {tuple(labels.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+    return images, labels
+
+
 def train_classifier(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    n_classes: int,
-    *,
-    class_names: Sequence[str] | None = None,
-    seed: int = 0,
-    epochs: int = 15,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    holdout_fraction: float = 0.1,
-    augment: bool = True,
-    label_smoothing: float = 0.1,
-    embed_dim: int = 64,
-    width: int = 32,
+    images: torch.Tensor, labels: torch.Tensor, n_classes: int, *, class_names: Sequence[str] | None = None,
+    seed: int = 0, epochs: int = 15, batch_size: int = 64, lr: float = 3e-3, holdout_fraction: float = 0.1,
+    augment: bool = True, label_smoothing: float = 0.1, embed_dim: int = 64, width: int = 32,
     num_threads: int | None = NUM_THREADS,
 ) -> tuple[ReferenceClassifier, float]:
     """Train the reference classifier on ``images`` ``(N, C, H, W)`` in [-1, 1] with ``labels``
@@ -225,13 +227,7 @@ def train_classifier(
     and thread count are left untouched (``num_threads`` torch threads are used while training;
     ``None`` keeps torch's setting).
     """
-    images = torch.as_tensor(images, dtype=torch.float32).cpu()  # trained on CPU: the network is tiny
-    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
-    if images.ndim != 4 or len(images) != len(labels):
-        raise ValueError(f"expected images (N, C, H, W) and labels (N,), "
-                         f"got {tuple(images.shape)} and {tuple(labels.shape)}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+    images, labels = _labelled_cpu(images, labels, n_classes)  # trained on CPU: the network is tiny
     train_idx, held_idx = holdout_split(labels.numpy(), holdout_fraction, seed)
     x, y = images[train_idx], labels[train_idx]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attribution_pipeline.properties.registry import register_property
 from attribution_pipeline.properties.vision import l2_normalise, load_vision_encoder, read_image_folder
 from attribution_pipeline.storage.artifacts import atomic_write_bytes
 
@@ -84,8 +85,6 @@ def diversity_entropy(images: torch.Tensor, ctx) -> float:
 
 
 def _register() -> None:
-    from attribution_pipeline.properties.registry import register_property
-
     register_property("diversity_entropy", diversity_entropy,
                       lambda ctx: (0.0, math.log2(getattr(ctx.settings, "n_clusters", 20))), replace=True,
                       description="entropy (bits) of the generated images over Ward clusters of a reference set")

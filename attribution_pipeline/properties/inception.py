@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from attribution_pipeline.properties.quality import InceptionFeatures, fid, kid
+from attribution_pipeline.properties.registry import register_property
 
 INCEPTION_NAMES = ("inception_score", "fid", "kid")
 
@@ -91,8 +92,6 @@ def kid_property(images: torch.Tensor, ctx) -> float:
 
 
 def _register() -> None:
-    from attribution_pipeline.properties.registry import register_property
-
     register_property("inception_score", inception_score, (1.0, math.inf), replace=True,
                       description="Inception Score of the generated images (clean-fid's Inception-v3)")
     register_property("fid", fid_property, (0.0, math.inf), replace=True,

@@ -255,6 +255,3 @@ register_property("diversity_mean_prob", lambda images, ctx: diversity(images, c
                   description="entropy (bits) of the mean predicted class probabilities")
 register_property("quality_kid", lambda images, ctx: -kid(images, ctx.stats, ctx.extractor),
                   description="−KID to the real images (unbiased, so it may be slightly positive)")
-
-# The properties with their own instruments register themselves on import.
-from attribution_pipeline.properties import aesthetic, embedding_diversity, inception  # noqa: E402,F401
