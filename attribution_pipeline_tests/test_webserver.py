@@ -88,7 +88,7 @@ def test_webserver_loads_location_and_materializes_a_coalition_partition(valued_
         params = {"selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__",
                                "jobName": "coalitions"},
                   # the launchpad config that picks the utility method (here: fine-tune the full model)
-                  "runConfigData": {"ops": {"coalition_outcomes": {"config": {"method": "ft"}}}},
+                  "runConfigData": {"resources": {"pipeline": {"config": {"method": "ft"}}}},
                   "executionMetadata": {"tags": [{"key": "dagster/partition", "value": key}]}}
         launched = _graphql(port, LAUNCH_M, {"p": params})["data"]["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
