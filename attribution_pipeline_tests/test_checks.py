@@ -102,3 +102,33 @@ def test_non_finite_utility_and_broken_efficiency_fail(valued):
     finally:
         store.upsert("shapley_values", [row])
         store.delete_where("utilities", "coalition_key = 'c-bogus'")
+
+
+def test_a_launch_with_another_method_is_checked_against_that_methods_images(tiny_config):
+    """The launchpad's ``resources: {pipeline: {config: {method: "ft"}}}`` reaches the asset checks
+    too: an ft run of a coalition is checked against the ft image set, not the sFT one."""
+    import shutil
+
+    from attribution_pipeline.stages import utility_spec
+
+    cfg = tiny_config.override({"valuation": {"budget": 4}})
+    assert run_valuation(cfg, quiet=True) == 0
+    layout = RunLayout.at(cfg.workdir)
+    coalition = read_plan(layout).coalitions[1]
+    shutil.rmtree(utility_spec(cfg, layout, coalition).images_dir)  # the sFT image set is gone
+    defs = build_definitions(str(layout.workdir))
+    instance = dg.DagsterInstance.from_config(str(layout.dagster_home))
+    ft = {"resources": {"pipeline": {"config": {"method": "ft"}}}}
+    result = defs.resolve_job_def("coalitions").execute_in_process(
+        instance=instance, run_config=ft, partition_key=coalition.key, raise_on_error=False)
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    images = evaluations["image_sets_are_valid"]
+    assert images.passed and images.metadata["method"].value == "ft", images.metadata
+    assert evaluations["utilities_in_valid_range"].metadata["method"].value == "ft"
+    ft_images = utility_spec(cfg.override({"valuation": {"method": "ft"}}), layout, coalition, "ft").images_dir
+    assert ft_images.is_dir() and "ft-seed" in ft_images.parent.name
+    # the same check with the workdir's method (sFT) sees the missing sFT image set
+    only = dg.define_asset_job("image_check", selection=dg.AssetSelection.checks_for_assets("coalition_images"))
+    defs2 = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[only], resources=defs.resources)
+    sft = defs2.resolve_job_def("image_check").execute_in_process(instance=instance, raise_on_error=False)
+    assert [e.passed for e in sft.get_asset_check_evaluations()] == [False]

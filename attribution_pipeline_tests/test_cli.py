@@ -57,7 +57,7 @@ def test_cli_run_show_query_and_rerun(tmp_path):
 
     ft = _cli("run", *common, "--budget", "4", "--property", "diversity", "--method", "ft", cwd=tmp_path)
     assert ft.returncode == 0, ft.stderr[-3000:]
-    assert "coalitions (ft): 5 to evaluate" in ft.stdout
+    assert "[coalitions] 5 planned coalition(s) lack a current ft utility" in ft.stdout
     q = _cli("query", "--workdir", str(work), "SELECT string_agg(DISTINCT method, ',' ORDER BY method) AS m "
              "FROM utilities WHERE coalition_key <> 'empty'", cwd=tmp_path)
     assert "ft,full_model,sft" in q.stdout

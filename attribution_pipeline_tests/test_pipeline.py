@@ -129,3 +129,22 @@ def test_asset_checks_pass_on_a_valuation_and_fail_on_tampered_results(tiny_conf
                            resources=defs.resources)
     result = defs2.resolve_job_def("only_checks").execute_in_process(instance=instance, raise_on_error=False)
     assert _check_results(result) == {"shapley_efficiency": False, "utilities_are_finite": False}
+
+
+def test_a_rescore_only_run_counts_only_its_own_work(tiny_config):
+    """A new property re-scores cached image sets: the summary says nothing was trained or generated,
+    that every coalition's model came from cache, and the overhead is against this run's scoring."""
+    import re
+
+    cfg = tiny_config.override({"valuation": {"budget": 4, "properties": ["diversity"]}})
+    assert run_valuation(cfg, quiet=True) == 0
+    out = io.StringIO()
+    assert run_valuation(cfg.override({"valuation": {"properties": ["diversity", "quality"]}}), out=out) == 0
+    line = next(x for x in out.getvalue().splitlines() if x.startswith("coalitions:"))
+    m = re.search(r"coalitions: (\d+) measured, (\d+) model\(s\) trained \(([0-9.]+)s\), (\d+) image set\(s\) "
+                  r"generated \(([0-9.]+)s\), scoring ([0-9.]+)s; (\d+) read their model from cache; wall ([0-9.]+)s, "
+                  r"orchestration overhead (-?[0-9.]+)%", line)
+    assert m, line
+    measured, trained, _, generated, _, scoring, cached, wall, overhead = m.groups()
+    assert (int(measured), int(trained), int(generated), int(cached)) == (5, 0, 0, 5)
+    assert 0 < float(scoring) <= float(wall) and float(overhead) >= 0

@@ -111,7 +111,7 @@ def name_problem(folder: Path) -> str | None:
     return None
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -127,7 +127,7 @@ def decoded_pixels(im: Image.Image, size: int | None = None) -> int:
     return w * h
 
 
-def _check_image(path: Path) -> str | None:
+def check_image(path: Path) -> str | None:
     """Return a problem description, or None when the file decodes as an image."""
     if path.stat().st_size == 0:
         return f"{path}: zero-byte file (an interrupted upload?); replace or delete it"
@@ -161,7 +161,7 @@ def validate_folder(folder: Path, check_images: bool = True) -> tuple[Contributo
             skipped.append(f.name)
             warnings.warn(f"{f}: not a PNG/JPEG file, skipped", stacklevel=3)
             continue
-        bad = _check_image(f) if check_images else None
+        bad = check_image(f) if check_images else None
         if bad:
             problems.append(bad)
         else:
@@ -174,7 +174,7 @@ def validate_folder(folder: Path, check_images: bool = True) -> tuple[Contributo
     h = hashlib.sha256()
     file_hashes = []
     for f in files:
-        digest = _sha256_file(f)
+        digest = sha256_file(f)
         file_hashes.append(digest)
         h.update(f.relative_to(folder).as_posix().encode() + b"\0" + digest.encode())
     return Contributor(contributor_id(folder.name), folder, tuple(files), h.hexdigest()[:16], tuple(skipped),

@@ -37,8 +37,8 @@ from attribution_pipeline.data.contributors import (
     MIN_CONTRIBUTORS,
     Contributor,
     ContributorValidationError,
-    _check_image,
-    _sha256_file,
+    check_image,
+    sha256_file,
     discover_contributors,
     load_contributor_images,
 )
@@ -209,7 +209,7 @@ def group_images(root: Path, mapping: dict[str, str], what: str) -> list[Contrib
         if not f.is_file():
             problems.append(f"{f}: listed in {what} but missing; add the image or remove its row")
             continue
-        problem = _check_image(f)
+        problem = check_image(f)
         if problem:
             problems.append(problem)
             continue
@@ -233,7 +233,7 @@ def group_images(root: Path, mapping: dict[str, str], what: str) -> list[Contrib
         files = tuple(sorted(groups[cid]))
         h = hashlib.sha256()
         for f in files:
-            h.update(f.relative_to(root).as_posix().encode() + b"\0" + _sha256_file(f).encode())
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + sha256_file(f).encode())
         out.append(Contributor(cid, root, files, h.hexdigest()[:16]))
     return out
 

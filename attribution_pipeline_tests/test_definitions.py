@@ -1,0 +1,60 @@
+"""A snapshot of the Dagster definitions: a renamed asset, group, job, check, sensor or schedule shows
+up here in review (as dagster-open-platform's ``test_defs`` does)."""
+
+import dagster as dg
+
+from attribution_pipeline.defs.build import build_definitions
+
+SNAPSHOT = {
+    "assets": {
+        "contributors": ("base", None),
+        "property_reference": ("base", None),
+        "full_model": ("base", None),
+        "pruned_base_model": ("base", None),
+        "coalition_plan": ("base", None),
+        "empty_coalition_utilities": ("base", None),
+        "full_model_utilities": ("base", None),
+        "coalition_checkpoint": ("coalitions", "coalitions"),
+        "coalition_images": ("coalitions", "coalitions"),
+        "coalition_utilities": ("coalitions", "coalitions"),
+        "shapley_values": ("valuation", None),
+        "lds_results": ("evaluation", None),
+        "counterfactual_results": ("evaluation", None),
+    },
+    "checks": {
+        "coalition_images/image_sets_are_valid", "coalition_plan/plan_covers_contributors",
+        "coalition_utilities/utilities_in_valid_range", "empty_coalition_utilities/utilities_are_finite",
+        "shapley_values/shapley_efficiency",
+    },
+    "jobs": {"valuation_base", "coalitions", "shapley", "evaluation"},
+    "sensors": {"contributors_sensor": "RUNNING", "round_continuation": "RUNNING"},
+    "schedules": {"revaluation_schedule": ("0 3 * * 1", "STOPPED", "valuation_base")},
+    "resources": {"pipeline"},
+}
+
+
+def _snapshot(defs: dg.Definitions) -> dict:
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assets[key.to_user_string()] = (node.group_name, getattr(node.partitions_def, "name", None))
+    checks = {f"{k.asset_key.to_user_string()}/{k.name}" for k in graph.asset_check_keys}
+    jobs = {j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")}
+    sensors = {s.name: s.default_status.value for s in defs.sensors}
+    schedules = {s.name: (s.cron_schedule, s.default_status.value, s.job_name) for s in defs.schedules}
+    return {"assets": assets, "checks": checks, "jobs": jobs, "sensors": sensors, "schedules": schedules,
+            "resources": set(defs.resources)}
+
+
+def test_definitions_match_the_snapshot(tmp_path):
+    assert _snapshot(build_definitions(str(tmp_path / "work"))) == SNAPSHOT
+
+
+def test_each_round_job_selects_its_group(tmp_path):
+    defs = build_definitions(str(tmp_path / "work"))
+    graph = defs.resolve_asset_graph()
+    for job, group in (("valuation_base", "base"), ("coalitions", "coalitions"), ("shapley", "valuation")):
+        selected = {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
+        assert selected == {a for a, (g, _) in SNAPSHOT["assets"].items() if g == group}, job
+    assert graph.get(dg.AssetKey("coalition_utilities")).backfill_policy.max_partitions_per_run == 16
