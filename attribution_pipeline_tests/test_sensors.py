@@ -189,3 +189,23 @@ def test_schedule_starts_a_round_and_its_continuation_carries_it_through(valued)
     latest = ResultStore(RunLayout.at(cfg.workdir).database).query(
         "SELECT DISTINCT contributor FROM latest_shapley_values ORDER BY 1")["contributor"].to_list()
     assert latest == ["digit_0", "digit_1", "digit_4", "digit_7"]
+
+
+def test_an_invalid_work_directory_config_loads_and_the_sensor_logs_and_skips(tmp_path):
+    """A config file edited by hand into an invalid state: the code location still loads, the
+    sensor skips with the field named, and a launched run fails before any work."""
+    import json
+
+    layout = RunLayout.at(tmp_path / "work")
+    layout.workdir.mkdir(parents=True)
+    layout.config_file.write_text(json.dumps({"finetune": {"steps": "abc"}}))
+    defs = build_definitions(str(layout.workdir))
+    instance = dg.DagsterInstance.ephemeral()
+    ctx = dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
+    skipped = defs.resolve_sensor_def("contributors_sensor").evaluate_tick(ctx)
+    assert not skipped.run_requests and "finetune.steps" in skipped.skip_message
+    result = defs.resolve_job_def("valuation_base").execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "finetune.steps" in failure.step_failure_data.error.to_string()
+    assert not layout.data_dir.exists()

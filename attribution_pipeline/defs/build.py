@@ -11,12 +11,16 @@ from attribution_pipeline.defs.jobs import ALL_JOBS
 from attribution_pipeline.defs.resources import PipelineResource
 from attribution_pipeline.defs.schedules import build_revaluation_schedule, round_continuation
 from attribution_pipeline.defs.sensors import build_contributors_sensor
+from attribution_pipeline.config import PipelineConfig, load_preset
 from attribution_pipeline.workdir import default_workdir, read_pipeline_config
 
 
 def build_definitions(workdir: str | None = None) -> dg.Definitions:
     workdir = workdir or default_workdir()
-    cfg = read_pipeline_config(workdir)
+    try:
+        cfg = read_pipeline_config(workdir)
+    except ValueError:  # an invalid config file: the UI still loads; every run and tick names the problem
+        cfg = PipelineConfig().override(load_preset("digits"))
     assets = [
         model_assets.contributors, model_assets.property_reference, model_assets.full_model,
         model_assets.pruned_base_model, coalition_assets.coalition_plan,
