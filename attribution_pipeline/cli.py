@@ -7,7 +7,7 @@
                                         (--write to change it on purpose, --external-access for files)
     attribution-pipeline reindex        rebuild the database's tables from the work directory's files
     attribution-pipeline ui             open the Dagster UI on the same work directory
-    attribution-pipeline init-data      (re)write the embedded default contributors
+    attribution-pipeline init-data      (re)write the embedded data sets (contributors, reference)
 
 ``run`` materializes the Dagster assets in a persistent instance under ``<workdir>/dagster_home``
 (so the UI shows these runs), evaluates only the coalitions that have no utility yet, and prints
@@ -29,6 +29,7 @@ from attribution_pipeline.config import (
     PipelineConfig,
     load_preset,
 )
+from attribution_pipeline.data.digits import DATA_SETS
 
 EXIT_BAD_INPUT = 2
 
@@ -78,6 +79,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     changes: dict = {"workdir": str(Path(args.workdir).resolve())}
     if args.contributors:
         changes["contributors_dir"] = str(Path(args.contributors).resolve())
+    if getattr(args, "reference", None):
+        changes["reference"] = {"dir": str(Path(args.reference).resolve())}
     valuation: dict = {}
     if args.budget is not None:
         valuation["budget"] = args.budget
@@ -107,6 +110,10 @@ def _add_run(sub) -> None:
     _add_common(run)
     run.add_argument("--contributors", help="contributors directory: one sub-folder of images per contributor "
                                             "(default: data/contributors, the embedded digits)")
+    run.add_argument("--reference", metavar="DIR",
+                     help="trusted reference folder (one sub-folder of images per class, at the model's resolution) "
+                          "the property instruments are built from; no contributor may have made it (default: "
+                          "the preset's, data/reference for the digits presets; none: a weaker fallback)")
     run.add_argument("--property", action="append", help="property to value (repeatable; default: all of the preset)")
     run.add_argument("--budget", type=int, help="coalitions evaluated besides the empty and the full one (default 60)")
     run.add_argument("--seed", type=int, help="seed of the coalition design and the bootstrap (default 0)")
@@ -162,8 +169,11 @@ def _parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the work directory")
     _add_common(ui)
     ui.add_argument("--port", type=int, default=3000)
-    init = sub.add_parser("init-data", help="write the embedded default contributors (scikit-learn digits)")
-    init.add_argument("--to", default=str(DEFAULT_DATA_DIR / "contributors"))
+    init = sub.add_parser("init-data", help="write an embedded data set built from scikit-learn's digits")
+    init.add_argument("--set", dest="data_set", default="default", choices=DATA_SETS,
+                      help="default: 12 contributors of varied quality; classes: one per digit class; fidelity: 30 "
+                           "contributors; reference: the trusted reference split (default: default)")
+    init.add_argument("--to", help="target folder (default: the set's folder under data/)")
     init.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -272,13 +282,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_init_data(args: argparse.Namespace) -> int:
-    from attribution_pipeline.data.digits import write_default_contributors
+    from attribution_pipeline.data.digits import FOLDERS, write_data_set
 
     try:
-        root = write_default_contributors(args.to, overwrite=args.overwrite)
+        root = write_data_set(args.data_set, args.to or DEFAULT_DATA_DIR / FOLDERS[args.data_set],
+                              overwrite=args.overwrite)
     except FileExistsError as exc:
         return _fail(str(exc))
-    print(f"wrote 10 digit contributors under {root}")
+    print(f"wrote the {args.data_set!r} data set ({len([p for p in root.iterdir() if p.is_dir()])} folders) "
+          f"under {root}")
     return 0
 
 

@@ -287,6 +287,17 @@ class PropertiesConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceConfig:
+    """The trusted reference set the property instruments are built from (``data/reference.py``):
+    images no contributor made, one sub-folder per class, at the model's resolution and colour mode.
+    The instrument (a classifier of its classes) is trained on it alone and the quality reference
+    statistics come from it, so the yardstick never moves with the players. ``None``: a weaker
+    fallback built from the contributors' own images (junk-robust; the run says so)."""
+
+    dir: str | None = None
+
+
+@dataclass(frozen=True)
 class HardwareConfig:
     """Device and numeric precision; recorded with every utility."""
 
@@ -315,6 +326,7 @@ class PipelineConfig:
     revaluation: RevaluationConfig = field(default_factory=RevaluationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     properties: PropertiesConfig = field(default_factory=PropertiesConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
     # ---- (de)serialisation -------------------------------------------------------------
@@ -409,7 +421,15 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         known = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
         raise FileNotFoundError(f"preset {name_or_path!r} not found at {path}; known presets: {known}")
     with path.open("rb") as fh:
-        return tomllib.load(fh)
+        data = tomllib.load(fh)
+    # relative paths in a preset: the built-in ones from the repository root, a user's from its folder
+    base = REPO_ROOT if path.parent.resolve() == PRESET_DIR.resolve() else path.parent.resolve()
+    if isinstance(data.get("contributors_dir"), str) and not Path(data["contributors_dir"]).is_absolute():
+        data["contributors_dir"] = str(base / data["contributors_dir"])
+    reference = data.get("reference")
+    if isinstance(reference, dict) and isinstance(reference.get("dir"), str) and not Path(reference["dir"]).is_absolute():
+        reference["dir"] = str(base / reference["dir"])
+    return data
 
 
 def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

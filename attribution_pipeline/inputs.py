@@ -78,6 +78,9 @@ def data_problems(cfg: PipelineConfig) -> list[str]:
         out.append(f"{d.labels_file or '<unset>'}: missing; expected a CSV with columns {d.file_column!r}, "
                    f"{d.label_column!r} (or a JSON object) mapping image file name -> contributor "
                    "(config field data.labels_file)")
+    if cfg.reference.dir and not Path(cfg.reference.dir).is_dir():
+        out.append(f"{cfg.reference.dir}: missing; expected a trusted reference folder, one sub-folder of images per "
+                   "class at the model's resolution (config field reference.dir, or --reference DIR)")
     return out
 
 

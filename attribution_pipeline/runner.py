@@ -20,6 +20,7 @@ import polars as pl
 
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.data.contributors import ContributorValidationError
+from attribution_pipeline.data.reference import scan_reference
 from attribution_pipeline.defs.build import build_definitions
 from attribution_pipeline.defs.jobs import EVALUATION_JOB
 from attribution_pipeline.defs.partitions import coalition_partitions
@@ -93,6 +94,8 @@ class Launcher:
 def _prepare(cfg: PipelineConfig, lenient: bool, out):
     """Validate before anything is written: every configured local file, the data, the budget."""
     snapshot = take_snapshot(cfg, lenient=lenient)
+    if cfg.reference.dir:  # a bad reference is refused before any work, with every problem named
+        scan_reference(cfg.reference.dir, cfg.model.sample_size, cfg.model.channels)
     for name, problems in snapshot.rejected.items():
         print(f"warning: contributor folder {name!r} left out of this round: " + "; ".join(problems), file=out)
     problem = budget_problem(cfg.valuation.budget, len(snapshot.accepted))
@@ -125,6 +128,9 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, leni
     launcher, store, work = Launcher(layout.workdir, quiet), ResultStore(layout.database), Work()
     say(f"valuing {len(snapshot.accepted)} contributors from {cfg.contributors_path} (method {cfg.valuation.method})")
     say(f"work directory {layout.workdir} (Dagster home {layout.dagster_home})")
+    say(f"instruments: trusted reference {cfg.reference.dir}" if cfg.reference.dir else
+        "instruments: no trusted reference (--reference DIR): a fallback from the contributors' own images, which "
+        "moves with the players and sees only crude junk; recorded in valuation_rounds.instrument")
     t_coalitions, previous = 0.0, None
     for _ in range(MAX_STEPS):
         step = next_step(cfg, layout, store, snapshot.accepted)

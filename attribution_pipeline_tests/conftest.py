@@ -16,16 +16,17 @@ from attribution_pipeline_tests.tiny_models import model_zoo  # noqa: E402,F401
 
 
 def write_digit_contributors(root: Path, classes=(0, 1, 7), per_class: int = 24) -> Path:
-    """A small contributors directory of real digits: ``digit_<d>`` with ``per_class`` PNGs each."""
-    from attribution_pipeline.data.digits import digits_arrays
+    """A small contributors directory of real digits: ``digit_<d>`` with ``per_class`` PNGs each,
+    from the pool no reference image is in (the digits presets' trusted reference)."""
+    from attribution_pipeline.data.digits import data_set
 
-    images, labels = digits_arrays()
+    pool = data_set("classes")
     root.mkdir(parents=True, exist_ok=True)
     for d in classes:
         folder = root / f"digit_{d}"
         folder.mkdir()
-        for i in np.flatnonzero(labels == d)[:per_class]:
-            Image.fromarray(images[i], mode="L").save(folder / f"img_{i:04d}.png")
+        for i, image in enumerate(pool[f"digit_{d}"][:per_class]):
+            Image.fromarray(image, mode="L").save(folder / f"img_{i:04d}.png")
     return root
 
 

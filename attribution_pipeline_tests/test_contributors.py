@@ -2,32 +2,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attribution_pipeline.config import DEFAULT_DATA_DIR
 from attribution_pipeline.data.contributors import (
     MAX_IMAGE_PIXELS, ContributorValidationError, decoded_pixels, discover_contributors, load_image,
     scan_contributors,
 )
-from attribution_pipeline.data.digits import digits_arrays, write_default_contributors
-
-
-def test_embedded_default_matches_sklearn_digits():
-    """The committed data/contributors is exactly scikit-learn's digits, one folder per class."""
-    found = discover_contributors(DEFAULT_DATA_DIR / "contributors")
-    assert [c.contributor for c in found] == [f"digit_{d}" for d in range(10)]
-    images, labels = digits_arrays()
-    assert sum(c.n_images for c in found) == len(images) == 1797
-    c3 = found[3]
-    assert c3.n_images == int((labels == 3).sum())
-    first = int(np.flatnonzero(labels == 3)[0])
-    np.testing.assert_array_equal(load_image(c3.files[0], 8, 1)[0], images[first])
-
-
-def test_write_default_contributors_is_deterministic(tmp_path):
-    a = discover_contributors(write_default_contributors(tmp_path / "a"))
-    b = discover_contributors(write_default_contributors(tmp_path / "b"))
-    assert [c.data_hash for c in a] == [c.data_hash for c in b]
-    with pytest.raises(FileExistsError):
-        write_default_contributors(tmp_path / "a")
 
 
 def _good(folder, n=2, size=(8, 8), mode="L"):

@@ -27,6 +27,7 @@ class PipelineResource(dg.ConfigurableResource):
     # {contributor: data_hash} validated by the CLI or the sensor: only these folders are valued, each
     # must still hash the same. None = validate the whole contributors directory strictly now.
     snapshot: Optional[dict[str, str]] = None
+    reference: Optional[str] = None  # a trusted reference folder for this run; None = the workdir's reference.dir
 
     def directory(self) -> str:
         return self.workdir or default_workdir()
@@ -35,6 +36,7 @@ class PipelineResource(dg.ConfigurableResource):
         """The work directory's configuration with this run's overrides applied (validated)."""
         cfg = read_pipeline_config(self.directory())
         cfg = cfg.override({"valuation": {"method": self.method}}) if self.method else cfg
+        cfg = cfg.override({"reference": {"dir": self.reference}}) if self.reference else cfg
         validate_config(cfg)  # a UI launch with a bad value fails here, naming the field, before any work
         return cfg
 

@@ -68,9 +68,14 @@ def inception_probabilities(images: torch.Tensor, net: InceptionFeatures, batch_
 
 
 def inception_score(images: torch.Tensor, ctx) -> float:
+    """IS with clean-fid's Inception-v3 when ``classifier.inception_weights`` is set; otherwise with
+    the instrument's own classes (the digits default: its digit classifier plays Inception's part)."""
     settings = ctx.settings
     batch = getattr(settings, "batch_size", 64)
-    probs = inception_probabilities(images, _inception(ctx), batch)
+    if ctx.inception_weights or isinstance(ctx.extractor, InceptionFeatures):
+        probs = inception_probabilities(images, _inception(ctx), batch)
+    else:
+        probs = ctx.classifier.predict_proba(images).double().numpy()
     return inception_score_from_probs(probs, getattr(settings, "is_splits", 10))
 
 
@@ -93,7 +98,8 @@ def kid_property(images: torch.Tensor, ctx) -> float:
 
 def _register() -> None:
     register_property("inception_score", inception_score, (1.0, math.inf), replace=True,
-                      description="Inception Score of the generated images (clean-fid's Inception-v3)")
+                      description="Inception Score of the generated images (clean-fid's Inception-v3, else the "
+                                  "instrument's classes)")
     register_property("fid", fid_property, (0.0, math.inf), replace=True,
                       description="FID to the real images in clean-fid's Inception space (lower is better)")
     register_property("kid", kid_property, replace=True,

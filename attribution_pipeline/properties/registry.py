@@ -2,8 +2,9 @@
 
 A property is a global function of an image set: ``fn(images, context) -> float``, where
 ``images`` is ``(N, C, H, W)`` in [-1, 1] and ``context`` (``PropertyContext``) holds the
-instruments: the reference classifier, the real images' feature statistics and the feature
-extractor they were computed with. Every property records its valid range; a value outside it
+instruments: the instrument classifier (trained on a trusted reference set, or the fallback's
+classifier of contributors; ``stages/reference.py``), the reference images' feature statistics and
+the feature extractor they were computed with. Every property records its valid range; a value outside it
 (or not finite) is an error, not a utility.
 
 Adding a property is one call::
@@ -246,10 +247,10 @@ def recognized_fraction(images: torch.Tensor, classifier: ReferenceClassifier, t
 
 # ---- built-in properties -----------------------------------------------------------------------
 register_property("quality", lambda images, ctx: quality(images, ctx.stats, ctx.extractor), (-math.inf, 0.0),
-                  description="−FID to the real images of all contributors (clean-fid math)")
+                  description="−FID to the reference images in the instrument's features (clean-fid math)")
 register_property("diversity", lambda images, ctx: diversity(images, ctx.classifier, "argmax"),
                   lambda ctx: (0.0, max_diversity(ctx.n_classes)),
-                  description="entropy (bits) of the contributor classes predicted for the images")
+                  description="entropy (bits) of the instrument's classes predicted for the images")
 register_property("diversity_mean_prob", lambda images, ctx: diversity(images, ctx.classifier, "mean_prob"),
                   lambda ctx: (0.0, max_diversity(ctx.n_classes)),
                   description="entropy (bits) of the mean predicted class probabilities")

@@ -22,6 +22,7 @@ from attribution_pipeline.data.contributors import (
     scan_contributors,
     shared_image_hashes,
 )
+from attribution_pipeline.data.reference import scan_reference
 from attribution_pipeline.data.sources import discover_source, load_source_images
 from attribution_pipeline.inputs import check_local_inputs
 from attribution_pipeline.layout import RunLayout, signature
@@ -120,6 +121,8 @@ def prepare_contributors(cfg: PipelineConfig, layout: RunLayout, log: Log = quie
     the manifest's ``content_hash``. snapshot: see the module docstring (None = the whole source).
     """
     check_local_inputs(cfg)
+    if cfg.reference.dir:  # a UI launch with a bad reference fails here, before any image is cached
+        scan_reference(cfg.reference.dir, cfg.model.sample_size, cfg.model.channels)
     found = _validated(cfg, snapshot)
     duplicates, shared = duplicate_images(found), shared_image_hashes(found)
     layout.data_dir.mkdir(parents=True, exist_ok=True)

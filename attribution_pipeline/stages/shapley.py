@@ -13,6 +13,7 @@ from attribution_pipeline.coalitions import EMPTY_KEY, coalitions_to_masks
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.layout import RunLayout, content_hash
 from attribution_pipeline.stages.lineage import round_lineage
+from attribution_pipeline.stages.reference import instrument_description
 from attribution_pipeline.stages.result import Log, quiet
 from attribution_pipeline.stages.round import Pool, gather_pool
 from attribution_pipeline.stages.utility import FT, SFT
@@ -76,7 +77,7 @@ def _round_row(cfg: PipelineConfig, layout: RunLayout, pool: Pool, rows: list[di
             "default_estimator": cfg.valuation.estimator, "seed": cfg.valuation.seed,
             "versions": json.dumps(versions.snapshot()), "method": method,
             "estimator": next((r["estimator"] for r in rows if r["is_default"]), None),
-            **round_lineage(cfg, layout, pool.plan.contributors)}
+            "instrument": instrument_description(layout), **round_lineage(cfg, layout, pool.plan.contributors)}
 
 
 def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = quiet) -> ShapleyOutcome:

@@ -136,6 +136,8 @@ SCHEMA = [
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS estimator VARCHAR",
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS base_trained_on VARCHAR[]",
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS base_predates VARCHAR[]",
+    # what the round's property instruments were built from: a trusted reference, or the fallback
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS instrument VARCHAR",
     "ALTER TABLE contributors ADD COLUMN IF NOT EXISTS n_duplicate_images INTEGER DEFAULT 0",
     "ALTER TABLE contributors ADD COLUMN IF NOT EXISTS duplicates_with VARCHAR[]",
     "ALTER TABLE contributors ADD COLUMN IF NOT EXISTS removed_at TIMESTAMP",

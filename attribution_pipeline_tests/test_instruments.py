@@ -1,0 +1,170 @@
+"""Property instruments the contributors did not make: a trusted reference, or a junk-robust fallback."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from attribution_pipeline import cli
+from attribution_pipeline.config import DEFAULT_DATA_DIR, PipelineConfig, load_preset
+from attribution_pipeline.data.digits import data_set
+from attribution_pipeline.data.reference import ReferenceError, load_reference, reference_hash
+from attribution_pipeline.layout import RunLayout
+from attribution_pipeline.runner import run_valuation
+from attribution_pipeline.storage.artifacts import read_manifest
+from attribution_pipeline.storage.results import ResultStore
+from attribution_pipeline_tests.conftest import TINY_OVERRIDES, write_digit_contributors
+
+REFERENCE = DEFAULT_DATA_DIR / "reference"
+# enough training for the models to learn what they are shown (the tiny config learns almost nothing)
+LEARNS = {"train": {"steps": 200}, "prune": {"finetune_steps": 50}, "finetune": {"steps": 40},
+          "sampling": {"n_images": 64, "ddim_steps": 8, "batch_size": 64}, "valuation": {"budget": 14}}
+
+
+def _noise_contributor(root, n=24, seed=0):
+    folder = root / "noise"
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(folder / f"n_{i:03d}.png")
+
+
+def _quality(cfg) -> dict[str, float]:
+    df = ResultStore(RunLayout.at(cfg.workdir).database).query(
+        "SELECT contributor, value FROM latest_shapley_values WHERE is_default AND property = 'quality'")
+    return dict(zip(df["contributor"], df["value"]))
+
+
+@pytest.fixture
+def with_noise(tmp_path):
+    root = write_digit_contributors(tmp_path / "c", classes=(0, 1, 7), per_class=24)
+    _noise_contributor(root)
+    return root
+
+
+def test_the_instrument_learns_only_from_the_reference_and_noise_earns_the_least_quality(tiny_config, with_noise):
+    cfg = tiny_config.override(LEARNS).override({"contributors_dir": str(with_noise)})
+    assert cfg.reference.dir == str(REFERENCE)  # the digits preset's trusted reference
+    assert run_valuation(cfg, quiet=True) == 0
+    manifest = read_manifest(RunLayout.at(cfg.workdir).reference_dir)
+    assert manifest["trained_on"] == {"reference": reference_hash(REFERENCE, 8, 1)}
+    assert manifest["classes"] == [f"digit_{d}" for d in range(10)] and manifest["overlap"] == {}
+    quality = _quality(cfg)
+    assert min(quality, key=quality.get) == "noise", quality
+    rounds = ResultStore(RunLayout.at(cfg.workdir).database).query("SELECT instrument FROM valuation_rounds")
+    assert rounds["instrument"][0].startswith("trusted reference")
+
+
+def test_without_a_reference_the_fallback_keeps_noise_out_of_the_yardstick(tiny_config, with_noise):
+    cfg = tiny_config.override(LEARNS).override({"contributors_dir": str(with_noise), "reference": {"dir": None}})
+    out = io.StringIO()
+    assert run_valuation(cfg, out=out) == 0
+    assert "no trusted reference" in out.getvalue()
+    manifest = read_manifest(RunLayout.at(cfg.workdir).reference_dir)
+    assert manifest["excluded_from_reference"] == ["noise"] and "contributors" in manifest["trained_on"]
+    quality = _quality(cfg)
+    assert min(quality, key=quality.get) == "noise", quality
+    instrument = ResultStore(RunLayout.at(cfg.workdir).database).query("SELECT instrument FROM valuation_rounds")
+    assert instrument["instrument"][0].startswith("fallback")
+
+
+def test_a_newcomer_under_incremental_rescores_no_unchanged_coalition(tiny_config, tmp_path):
+    root = write_digit_contributors(tmp_path / "c", classes=(0, 1, 7), per_class=20)
+    cfg = tiny_config.override({"contributors_dir": str(root), "valuation": {"budget": 6},
+                                "revaluation": {"policy": "incremental"}})
+    assert run_valuation(cfg, quiet=True) == 0
+    layout = RunLayout.at(cfg.workdir)
+    store = ResultStore(layout.database)
+    before = store.query("SELECT coalition_key, property, computed_at FROM utilities WHERE method = 'sft'")
+    reference = read_manifest(layout.reference_dir)["content_hash"]
+    write_digit_contributors(root, classes=(4,), per_class=20)
+    assert run_valuation(cfg, quiet=True) == 0
+    assert read_manifest(layout.reference_dir)["content_hash"] == reference  # the instrument stayed
+    after = store.query("SELECT coalition_key, property, computed_at FROM utilities WHERE method = 'sft'")
+    old = {(r["coalition_key"], r["property"]): r["computed_at"] for r in before.iter_rows(named=True)}
+    rescored = [k for r in after.iter_rows(named=True)
+                if (k := (r["coalition_key"], r["property"])) in old and r["computed_at"] != old[k]]
+    assert rescored == []
+
+
+def _reference(root, sizes=((8, 8),), mode="L", classes=("a", "b")):
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i, size in enumerate(sizes * 3):
+            Image.new(mode, size, 40 * i).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("one_class", "at least 2"),
+    ("empty_class", "no PNG/JPEG images"),
+    ("unreadable", "not a readable PNG/JPEG"),
+    ("size", "not 8x8 L"),
+    ("mode", "not 8x8 L"),
+])
+def test_bad_reference_input_is_refused_before_any_work(tiny_config, tmp_path, capsys, case, message):
+    ref = tmp_path / "ref"
+    if case == "one_class":
+        _reference(ref, classes=("a",))
+    elif case == "empty_class":
+        _reference(ref)
+        (ref / "c").mkdir()
+    elif case == "unreadable":
+        _reference(ref)
+        (ref / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    elif case == "size":
+        _reference(ref, sizes=((8, 8), (16, 16)))
+    elif case == "mode":
+        _reference(ref, mode="RGB")
+    args = ["run", "--workdir", str(tmp_path / "w"), "--contributors", str(tiny_config.contributors_dir),
+            "--reference", str(ref), "--quiet"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(ref) in err
+    assert not (tmp_path / "w").exists()  # nothing written
+    if case != "missing":
+        with pytest.raises(ReferenceError):
+            load_reference(ref, 8, 1)
+
+
+def test_reference_images_held_by_a_contributor_are_counted_and_warned(tiny_config, tmp_path):
+    root = write_digit_contributors(tmp_path / "c", classes=(0, 1, 7), per_class=20)
+    ref_image = sorted((REFERENCE / "digit_1").iterdir())[0]
+    (root / "digit_1" / "copied_from_reference.png").write_bytes(ref_image.read_bytes())
+    cfg = tiny_config.override({"contributors_dir": str(root), "valuation": {"budget": 6}})
+    out = io.StringIO()
+    assert run_valuation(cfg, out=out) == 0
+    assert read_manifest(RunLayout.at(cfg.workdir).reference_dir)["overlap"] == {"digit_1": 1}
+
+
+@pytest.mark.parametrize("preset", ["digits-classes", "digits-fidelity"])
+def test_digits_presets_run_end_to_end_on_a_tiny_config(tmp_path, preset):
+    cfg = PipelineConfig().override(load_preset(preset)).override(TINY_OVERRIDES)
+    contributors = tmp_path / "c"
+    full = data_set("classes" if preset == "digits-classes" else "fidelity")
+    keep = sorted(full)[:4]  # a few of the preset's contributors, a few images each: fast
+    for name in keep:
+        (contributors / name).mkdir(parents=True)
+        for i, image in enumerate(full[name][:10]):
+            Image.fromarray(image, mode="L").save(contributors / name / f"{i}.png")
+    assert cfg.contributors_dir.endswith(preset.replace("digits", "contributors"))
+    cfg = cfg.override({"contributors_dir": str(contributors), "workdir": str(tmp_path / "w"),
+                        "valuation": {"budget": 6}})
+    assert run_valuation(cfg, quiet=True) == 0
+    table = _quality(cfg)
+    assert sorted(table) == keep
+
+
+def test_the_ui_run_config_names_a_reference(tiny_config, tmp_path):
+    """``resources: {pipeline: {config: {reference: DIR}}}`` reaches the instrument stage."""
+    from attribution_pipeline.defs.resources import PipelineResource
+    from attribution_pipeline.workdir import write_pipeline_config
+
+    cfg = tiny_config.override({"reference": {"dir": None}})
+    write_pipeline_config(cfg)
+    resource = PipelineResource(workdir=cfg.workdir, reference=str(REFERENCE))
+    assert resource.config().reference.dir == str(REFERENCE)
+    assert json.loads(RunLayout.at(cfg.workdir).config_file.read_text())["reference"]["dir"] is None
