@@ -1,5 +1,6 @@
 """Re-valuation: the incremental pool on known games, then both policies end to end on tiny runs."""
 
+import re
 import io
 import json
 import shutil
@@ -83,8 +84,10 @@ def _run(cfg, policy):
 
 
 def _trained(text):
-    line = next(ln for ln in text.splitlines() if "to train," in ln)
-    return int(line.split()[0]), int(line.split()[3])
+    """(coalitions trained, coalitions only re-scored) from the run's summary line."""
+    line = next(ln for ln in text.splitlines() if ln.startswith("coalitions:"))
+    m = re.search(r"coalitions: (\d+) measured, (\d+) model\(s\) trained", line)
+    return int(m.group(2)), int(m.group(1)) - int(m.group(2))
 
 
 def test_incremental_then_changed_then_removed_then_rebase(tiny_config, tmp_path):

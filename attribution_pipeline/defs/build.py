@@ -8,7 +8,7 @@ import dagster as dg
 
 from attribution_pipeline.defs import checks, coalition_assets, evaluation_assets, model_assets, valuation_assets
 from attribution_pipeline.defs.jobs import ALL_JOBS
-from attribution_pipeline.defs.resources import PipelineResource
+from attribution_pipeline.defs.resources import pipeline_resource
 from attribution_pipeline.defs.schedules import build_revaluation_schedule, round_continuation
 from attribution_pipeline.defs.sensors import build_contributors_sensor
 from attribution_pipeline.config import PipelineConfig, load_preset
@@ -34,5 +34,5 @@ def build_definitions(workdir: str | None = None) -> dg.Definitions:
         jobs=ALL_JOBS,
         sensors=[build_contributors_sensor(cfg), round_continuation],
         schedules=[build_revaluation_schedule(cfg)],
-        resources={"pipeline": PipelineResource(workdir=workdir)},
+        resources={"pipeline": pipeline_resource(workdir)},
     )

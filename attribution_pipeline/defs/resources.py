@@ -45,3 +45,14 @@ class PipelineResource(dg.ConfigurableResource):
 
     def store(self) -> ResultStore:
         return ResultStore(self.layout().database)
+
+
+def pipeline_resource(directory: str) -> PipelineResource:
+    """The resource of one work directory. Dagster replaces a resource's whole config when a run
+    config names any field, so the work directory is the field's default here, not a constructor
+    value: a launch that only sets ``method`` still values this work directory."""
+
+    class BoundPipelineResource(PipelineResource):
+        workdir: Optional[str] = directory
+
+    return BoundPipelineResource()
