@@ -107,7 +107,7 @@ def test_incremental_then_changed_then_removed_then_rebase(tiny_config, tmp_path
     with_new = [c for c in plan1.coalitions if "digit_4" in c.members]
     assert {c.key for c in plan1.coalitions} - {c.key for c in plan0.coalitions} == {c.key for c in with_new}
     assert len(with_new) == len(plan0.coalitions) + 1 == 8  # 7 old coalitions and ∅, each with digit_4
-    assert _trained(text) == (8, 7)  # the 7 old ones only re-scored (the instruments know 4 classes now)
+    assert _trained(text) == (8, 0)  # the 7 old ones untouched: the trusted instruments did not change
     rounds = store.query("SELECT * FROM valuation_rounds ORDER BY computed_at")
     assert len(rounds) == 2 and rounds["policy"].to_list() == ["incremental", "incremental"]
     assert rounds["base_predates"].to_list() == [[], ["digit_4"]]
