@@ -77,6 +77,16 @@ def _utility_rows(cfg: PipelineConfig, key: str, utilities: dict[str, float], me
             for p, v in utilities.items()]
 
 
+def _stored(cfg: PipelineConfig, store: ResultStore, key: str, method: str, seed: int,
+            inputs_signature: str) -> dict[str, float] | None:
+    """{property: value} already stored for exactly these inputs (every property), else None."""
+    df = store.utilities_for([key], method=method)
+    rows = [r for r in (df.iter_rows(named=True) if len(df) else [])
+            if r["seed"] == seed and r.get("inputs_signature") == inputs_signature]
+    found = {r["property"]: r["value"] for r in rows}
+    return found if set(cfg.valuation.properties) <= set(found) else None
+
+
 def _store(store: ResultStore, run_dir, rows: list[dict]) -> None:
     """The utility record beside the artifact first, then DuckDB: every row the database holds can
     be rebuilt from the work directory (``attribution-pipeline reindex``)."""
@@ -149,8 +159,15 @@ def measure_utility_all_seeds(cfg: PipelineConfig, layout: RunLayout, store: Res
 
 def measure_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
                             log: Log = quiet) -> UtilityOutcome:
-    """v(∅): images of the untrained model (seeded random init), same noise, same scorers."""
+    """v(∅): images of the untrained model (seeded random init), same noise, same scorers. Not
+    measured again while its stored utilities carry the current inputs signature."""
     start = time.perf_counter()
+    empty = make_coalition([], "empty", -1)
+    cached = _stored(cfg, store, EMPTY_KEY, EMPTY_METHOD, empty_seed(cfg), empty_utility_signature(cfg, layout))
+    if cached is not None:
+        m = read_manifest(layout.untrained_images_dir)
+        return UtilityOutcome(empty, StageResult("untrained", True, 0.0), StageResult(m["content_hash"], True, 0.0),
+                              cached, 0.0)
     model = get_backend(cfg).build(seed=cfg.train.seed)  # sd_lora: the base model (a zero adapter)
     img = _generate_and_save(cfg, model, layout.untrained_images_dir, untrained_images_signature(cfg))
     utilities = score(cfg, layout, load_image_set(layout.untrained_images_dir))
@@ -158,7 +175,6 @@ def measure_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: Resul
     _store(store, layout.untrained_images_dir.parent, _utility_rows(
         cfg, EMPTY_KEY, utilities, EMPTY_METHOD, empty_seed(cfg), elapsed, None, img.metadata["n_images"],
         empty_utility_signature(cfg, layout)))
-    empty = make_coalition([], "empty", -1)
     return UtilityOutcome(empty, StageResult("untrained", True, 0.0), img, utilities, elapsed)
 
 
