@@ -58,3 +58,5 @@ def test_each_round_job_selects_its_group(tmp_path):
         selected = {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
         assert selected == {a for a, (g, _) in SNAPSHOT["assets"].items() if g == group}, job
     assert graph.get(dg.AssetKey("coalition_utilities")).backfill_policy.max_partitions_per_run == 16
+    # one process per run: a process per step would pay the torch import at every step
+    assert {j.executor_def.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")} == {"in_process"}
