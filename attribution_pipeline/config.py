@@ -18,6 +18,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 PRESET_DIR = Path(__file__).parent / "presets"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / "data"
+DATA_TOKEN = "{data}/"  # in a preset: the embedded data folder, wherever the command runs
 
 
 MODEL_FAMILIES = ("ddpm", "ldm", "sd_lora")
@@ -421,15 +422,17 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         known = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
         raise FileNotFoundError(f"preset {name_or_path!r} not found at {path}; known presets: {known}")
     with path.open("rb") as fh:
-        data = tomllib.load(fh)
-    # relative paths in a preset: the built-in ones from the repository root, a user's from its folder
-    base = REPO_ROOT if path.parent.resolve() == PRESET_DIR.resolve() else path.parent.resolve()
-    if isinstance(data.get("contributors_dir"), str) and not Path(data["contributors_dir"]).is_absolute():
-        data["contributors_dir"] = str(base / data["contributors_dir"])
-    reference = data.get("reference")
-    if isinstance(reference, dict) and isinstance(reference.get("dir"), str) and not Path(reference["dir"]).is_absolute():
-        reference["dir"] = str(base / reference["dir"])
-    return data
+        return _embedded_paths(tomllib.load(fh))
+
+
+def _embedded_paths(node: Any) -> Any:
+    """``"{data}/x"`` in a preset names ``x`` in the repository's embedded data folder (``data/``),
+    wherever the command runs; every other relative path is resolved from the working directory."""
+    if isinstance(node, dict):
+        return {k: _embedded_paths(v) for k, v in node.items()}
+    if isinstance(node, str) and node.startswith(DATA_TOKEN):
+        return str(DEFAULT_DATA_DIR / node[len(DATA_TOKEN):])
+    return node
 
 
 def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
