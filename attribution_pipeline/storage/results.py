@@ -327,19 +327,24 @@ def run_query(db_path: str | Path, sql: str, *, write: bool = False, external_ac
         raise QueryError(f"{db_path} does not exist")
     if not sql.strip():
         raise QueryError("the SQL statement is empty; e.g. `attribution-pipeline query \"SELECT * FROM utilities\"`")
-    config = {"enable_external_access": bool(external_access)}
     with FileLock(str(db_path) + ".lock", timeout=lock_timeout_s):
-        try:
-            con = duckdb.connect(str(db_path), read_only=not write, config=config)
-        except duckdb.Error as exc:
-            raise QueryError(f"cannot open {db_path}: {_first_line(exc)}") from exc
-        try:
-            result = con.execute(sql)
-            return result.pl() if result is not None and result.description else None
-        except duckdb.Error as exc:
-            raise QueryError(_explain(exc, write, external_access)) from exc
-        finally:
-            con.close()
+        return _execute(db_path, sql, write=write, external_access=external_access)
+
+
+def _execute(path: Path, sql: str, *, write: bool, external_access: bool) -> pl.DataFrame | None:
+    """One statement on a connection opened for it (read-only unless ``write``), closed at once."""
+    try:
+        con = duckdb.connect(str(path), read_only=not write,
+                             config={"enable_external_access": bool(external_access)})
+    except duckdb.Error as exc:
+        raise QueryError(f"cannot open {path}: {_first_line(exc)}") from exc
+    try:
+        result = con.execute(sql)
+        return result.pl() if result is not None and result.description else None
+    except duckdb.Error as exc:
+        raise QueryError(_explain(exc, write, external_access)) from exc
+    finally:
+        con.close()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -364,15 +369,4 @@ def run_published_query(db_path: str | Path, sql: str, *, external_access: bool 
         raise QueryError(f"{published} does not exist yet (it is written after each write to {Path(db_path).name})")
     if not sql.strip():
         raise QueryError("the SQL statement is empty")
-    try:
-        con = duckdb.connect(str(published), read_only=True,
-                             config={"enable_external_access": bool(external_access)})
-    except duckdb.Error as exc:
-        raise QueryError(f"cannot open {published}: {_first_line(exc)}") from exc
-    try:
-        result = con.execute(sql)
-        return result.pl() if result is not None and result.description else None
-    except duckdb.Error as exc:
-        raise QueryError(_explain(exc, False, external_access)) from exc
-    finally:
-        con.close()
+    return _execute(published, sql, write=False, external_access=external_access)
