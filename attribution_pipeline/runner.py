@@ -142,7 +142,8 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, leni
         t0 = time.perf_counter()
         for i, request in enumerate(requests, 1):
             if len(requests) > 1:
-                say(f"  run {i}/{len(requests)}: {request.tags.get('dagster/asset_partition_range_start', '')} ..")
+                keys = request.partition_key_range
+                say(f"  run {i}/{len(requests)}: " + (f"{keys.start} .. {keys.end}" if keys else request.job_name))
             result = launcher.execute(request.job_name, request.run_config, dict(request.tags))
             if not result.success:
                 return 1
