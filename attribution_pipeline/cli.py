@@ -11,7 +11,9 @@
 
 ``run`` materializes the Dagster assets in a persistent instance under ``<workdir>/dagster_home``
 (so the UI shows these runs), evaluates only the coalitions that have no utility yet, and prints
-the table. Running it again recomputes nothing; a larger ``--budget`` computes only new coalitions.
+the table. Its runs go to a Ray started on this machine, one worker per core (``--engine local``),
+to a Ray cluster (``--engine ray --ray-address URL``, docs/scaleout.md) or stay in the CLI's own
+process (``--engine in-process``). Running it again recomputes nothing; a larger ``--budget`` computes only new coalitions.
 """
 
 from __future__ import annotations
@@ -130,6 +132,21 @@ def _add_run(sub) -> None:
                      help="override any config field with a JSON value, e.g. --set train.steps=300 "
                           "--set finetune.steps=50")
     run.add_argument("--quiet", action="store_true", help="print only the final table")
+    run.add_argument("--verbose", action="store_true",
+                     help="show Dagster's own log lines (by default in <workdir>/logs/ with the local and ray engines)")
+    engine = run.add_argument_group("engine (docs/scaleout.md)")
+    engine.add_argument("--engine", choices=["local", "ray", "in-process"],
+                        help="local: a Ray started on this machine, --workers runs at once (default, or "
+                             "$ATTRIBUTION_PIPELINE_ENGINE); ray: the running Ray cluster at --ray-address; "
+                             "in-process: everything in this process, one run after another (debugging)")
+    engine.add_argument("--workers", type=int, metavar="N",
+                        help="runs at once (local: processes of one torch thread; default: this machine's cores; "
+                             "ray: the cluster's GPUs or worker slots, default 1)")
+    engine.add_argument("--ray-address", metavar="URL",
+                        help="the Ray head's job-submission (dashboard) URL, e.g. http://head:8265 (--engine ray)")
+    engine.add_argument("--gpus-per-run", type=float, metavar="G",
+                        help="GPUs each training run asks Ray for (default: 1 where this machine sees CUDA and the "
+                             "preset does not force the CPU, else 0)")
 
 
 def _add_query(sub) -> None:
@@ -197,9 +214,48 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = _checked(build_config(args))
     except (ValueError, OSError) as exc:  # ConfigError, UsageError, a missing or unreadable preset
         return _fail(str(exc))
+    try:
+        engine = _engine(args, cfg)
+    except ValueError as exc:
+        return _fail(str(exc))
     from attribution_pipeline.runner import run_valuation
 
-    return run_valuation(cfg, quiet=args.quiet)
+    return run_valuation(cfg, quiet=args.quiet, engine=engine, verbose=args.verbose)
+
+
+def _engine(args: argparse.Namespace, cfg: PipelineConfig):
+    """The engine settings of ``run``'s flags (``workdir.EngineSettings``); ValueError on bad ones."""
+    import dataclasses
+
+    from attribution_pipeline.workdir import EngineSettings, default_engine
+
+    settings = default_engine()
+    if args.engine:
+        settings = dataclasses.replace(settings, engine=args.engine)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: at least 1")
+    if args.ray_address and settings.engine != "ray":
+        raise ValueError(f"--ray-address is for --engine ray (the engine is {settings.engine})")
+    if settings.engine == "ray" and not args.ray_address:
+        raise ValueError("--engine ray needs --ray-address http://HEAD:8265 (the Ray head's dashboard URL); "
+                         "--engine local starts a Ray on this machine")
+    gpus = args.gpus_per_run if args.gpus_per_run is not None else _local_gpus_per_run(cfg)
+    if gpus < 0:
+        raise ValueError(f"--gpus-per-run {gpus:g}: not negative")
+    workers = args.workers or (1 if settings.engine == "ray" else settings.workers)
+    if settings.engine == "local" and gpus > 0 and args.workers is None:  # one run per GPU (or per share)
+        import torch
+
+        workers = max(1, int(torch.cuda.device_count() / gpus))
+    return EngineSettings(engine=settings.engine, workers=workers, address=args.ray_address, gpus_per_run=gpus)
+
+
+def _local_gpus_per_run(cfg: PipelineConfig) -> float:
+    if cfg.hardware.device == "cpu":
+        return 0.0
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

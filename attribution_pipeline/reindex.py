@@ -9,7 +9,6 @@ Shapley table without any fine-tune. Imports neither torch nor Dagster.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import time
@@ -19,10 +18,9 @@ from pathlib import Path
 import duckdb
 from filelock import FileLock
 
-from attribution_pipeline.coalitions import make_coalition
 from attribution_pipeline.layout import RunLayout
-from attribution_pipeline.storage.records import read_utility_records
-from attribution_pipeline.storage.results import TABLE_KEYS, ResultStore
+from attribution_pipeline.storage.index import ingest
+from attribution_pipeline.storage.results import ResultStore
 
 
 class ReindexError(RuntimeError):
@@ -82,54 +80,11 @@ def _rename_damaged(db: Path) -> list[Path]:
     return moved
 
 
-def contributor_rows(layout: RunLayout) -> list[dict]:
-    """The ``contributors`` rows of ``data/manifest.json`` (as ``register_contributors`` writes them)."""
-    path = layout.data_dir / "manifest.json"
+def _read(path: Path, what: str) -> dict:
     if not path.is_file():
-        raise ReindexError(f"{path} is missing: this work directory was never valued (run `attribution-pipeline "
-                           "run` first); there is nothing to rebuild from")
-    manifest = json.loads(path.read_text())
-    return [{"contributor": c["contributor"], "n_images": c["n_images"], "data_hash": c["data_hash"],
-             "n_skipped_files": c.get("n_skipped_files", 0), "path": c.get("path"),
-             "n_duplicate_images": c.get("n_duplicate_images", 0),
-             "duplicates_with": sorted(c.get("duplicates_with", {})), "removed_at": None}
-            for c in manifest["contributors"]]
-
-
-def coalition_rows(layout: RunLayout) -> list[dict]:
-    """The ``coalitions`` rows of ``plan.json`` plus the empty coalition (as ``plan_coalitions`` writes them)."""
-    path = layout.workdir / "plan.json"
-    if not path.is_file():
-        raise ReindexError(f"{path} is missing: no coalition plan to rebuild from (run `attribution-pipeline run`)")
-    plan = json.loads(path.read_text())
-    rows: dict[str, dict] = {}
-    for i, c in enumerate(plan["coalitions"]):
-        coalition = make_coalition(c["members"], c["kind"], i)
-        rows.setdefault(coalition.key, coalition.as_row())  # the first occurrence wins, as in the plan
-    empty = make_coalition([], "empty", -1)
-    rows.setdefault(empty.key, empty.as_row())
-    return list(rows.values())
-
-
-def utility_rows(workdir: Path) -> tuple[list[dict], int, list[str]]:
-    """The latest row per ``utilities`` key over every record (a later record replaces an earlier one),
-    each stamped with its record's time; also the number of records and the unreadable ones."""
-    records, problems = read_utility_records(workdir)
-    keys = TABLE_KEYS["utilities"]
-    latest: dict[tuple, dict] = {}
-    for record in records:
-        when = dt.datetime.fromtimestamp(record.written_at_ns / 1e9, dt.timezone.utc).replace(tzinfo=None)
-        for row in record.rows:
-            latest[tuple(row[k] for k in keys)] = {**row, "computed_at": when}
-    return list(latest.values()), len(records), problems
-
-
-def _upsert_by_columns(store: ResultStore, table: str, rows: list[dict]) -> int:
-    """Upsert rows that may not all carry the same columns (records of older releases)."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row), []).append(row)
-    return sum(store.upsert(table, group) for group in groups.values())
+        raise ReindexError(f"{path} is missing: {what} (run `attribution-pipeline run` first); there is nothing "
+                           "to rebuild from")
+    return json.loads(path.read_text())
 
 
 def reindex(workdir: str | Path) -> ReindexReport:
@@ -137,13 +92,12 @@ def reindex(workdir: str | Path) -> ReindexReport:
     layout = RunLayout.at(workdir)
     if not layout.workdir.is_dir():
         raise ReindexError(f"{layout.workdir} is not a directory")
-    contributors, coalitions = contributor_rows(layout), coalition_rows(layout)
-    utilities, n_records, problems = utility_rows(layout.workdir)
-    report = ReindexReport(layout.database, move_aside_if_damaged(layout.database), problems=problems)
+    _read(layout.data_dir / "manifest.json", "this work directory was never valued")
+    _read(layout.workdir / "plan.json", "no coalition plan to rebuild from")
+    report = ReindexReport(layout.database, move_aside_if_damaged(layout.database))
     store = ResultStore(layout.database, publish=False)  # published once, at the end
-    report.contributors = store.upsert("contributors", contributors)
-    report.coalitions = store.upsert("coalitions", coalitions)
-    report.utilities = _upsert_by_columns(store, "utilities", utilities)
-    report.records = n_records
+    done = ingest(layout.workdir, store)
+    report.contributors, report.coalitions, report.utilities = done.contributors, done.coalitions, done.utilities
+    report.records, report.problems = done.records, done.problems
     store.publish()
     return report

@@ -30,8 +30,12 @@ from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.report import print_table
 from attribution_pipeline.stages import budget_problem, next_step, take_snapshot
 from attribution_pipeline.storage.artifacts import clean_leftovers
+from attribution_pipeline.engine import EngineError
+from attribution_pipeline.progress import Progress
+from attribution_pipeline.storage.index import ingest
 from attribution_pipeline.storage.results import ResultStore
-from attribution_pipeline.workdir import prepare_dagster_home, write_pipeline_config
+from attribution_pipeline.workdir import (EngineSettings, default_engine, prepare_dagster_home, write_instance,
+                                          write_pipeline_config)
 
 MAX_STEPS = 12  # a round is base → coalitions → shapley; more means a step made no progress
 
@@ -45,33 +49,37 @@ class Work:
     generated: int = 0
     seconds: dict = field(default_factory=lambda: {"finetune_s": 0.0, "generate_s": 0.0, "score_s": 0.0})
 
-    def add(self, result) -> None:
-        for event in result.get_asset_materialization_events():
-            m = {k: v.value for k, v in event.materialization.metadata.items()}
-            name = event.materialization.asset_key.path[-1]
+    def add(self, materializations) -> None:
+        for materialization in materializations:
+            m = {k: v.value for k, v in materialization.metadata.items()}
+            name = materialization.asset_key.path[-1]
             self.coalitions += name == "coalition_utilities"
             self.trained += int(m.get("trained", 0)) if name == "coalition_checkpoint" else 0
             self.generated += int(m.get("generated", 0)) if name == "coalition_images" else 0
             for k in self.seconds:
                 self.seconds[k] += float(m.get(k, 0.0))
 
-    def summary(self, wall: float) -> str:
+    def summary(self, wall: float, settings: EngineSettings | None = None) -> str:
+        """``wall``: the coalition steps' wall time; with ``workers`` runs at once the overhead is
+        the worker time not spent on coalition work, over that work."""
         work = sum(self.seconds.values())
-        overhead = f"{(wall - work) / work * 100:.1f}%" if work > 0 else "n/a"
+        workers = settings.workers if settings is not None else 1
+        overhead = f"{(wall * workers - work) / work * 100:.1f}%" if work > 0 else "n/a"
         return (f"coalitions: {self.coalitions} measured, {self.trained} model(s) trained "
                 f"({self.seconds['finetune_s']:.1f}s), {self.generated} image set(s) generated "
                 f"({self.seconds['generate_s']:.1f}s), scoring {self.seconds['score_s']:.1f}s; "
-                f"{self.coalitions - self.trained} read their model from cache; wall {wall:.1f}s, "
-                f"orchestration overhead {overhead} of this run's work")
+                f"{self.coalitions - self.trained} read their model from cache; wall {wall:.1f}s on {workers} "
+                f"worker(s), orchestration overhead {overhead} of this run's work")
 
 
-class Launcher:
-    """Runs Dagster jobs in this process on the work directory's instance, reporting failures."""
+class InProcess:
+    """Runs Dagster jobs in this process on the work directory's instance, one after another
+    (``--engine in-process``: debugging and the test suite)."""
 
-    def __init__(self, workdir, quiet: bool):
+    def __init__(self, workdir, verbose: bool):
         self.instance = dg.DagsterInstance.from_config(str(prepare_dagster_home(workdir)))
         self.defs = build_definitions(str(workdir))
-        self.log_cfg = {"loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}}
+        self.log_cfg = {"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}}
         logging.getLogger("dagster").setLevel(logging.WARNING)
 
     def execute(self, job_name: str, run_config: dict | None = None, tags: dict | None = None, **kwargs):
@@ -87,8 +95,23 @@ class Launcher:
                   file=sys.stderr)
         return result
 
+    def run_step(self, step, requests, progress: "Progress", work: Work) -> bool:
+        for i, request in enumerate(requests, 1):
+            if len(requests) > 1:
+                keys = request.partition_key_range
+                progress.say(f"  run {i}/{len(requests)}: " + (f"{keys.start} .. {keys.end}" if keys else request.job_name))
+            result = self.execute(request.job_name, request.run_config, dict(request.tags))
+            work.add([e.materialization for e in result.get_asset_materialization_events()])
+            progress.poll()
+            if not result.success:
+                return False
+        return True
+
     def partitions(self) -> list[str]:
         return self.instance.get_dynamic_partitions(coalition_partitions.name)
+
+    def close(self) -> None:
+        pass
 
 
 def _prepare(cfg: PipelineConfig, lenient: bool, out):
@@ -104,16 +127,25 @@ def _prepare(cfg: PipelineConfig, lenient: bool, out):
     return snapshot
 
 
-def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, lenient: bool = False) -> int:
+def open_launcher(workdir, settings: EngineSettings, verbose: bool):
+    """The launcher of ``settings.engine``: in this process, or submitting to Ray through the queue."""
+    if settings.engine == "in-process":
+        write_instance(workdir, settings)  # Dagster's defaults: `dagster dev` then runs in its own processes
+        return InProcess(workdir, verbose)
+    from attribution_pipeline.defs.submit import Submitter
+
+    return Submitter(workdir, settings, verbose)
+
+
+def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, lenient: bool = False,
+                  engine: EngineSettings | None = None, verbose: bool = False) -> int:
     """Value the contributors of ``cfg``; print the table; return a process exit code.
 
     lenient: value the folders that validate and leave out the others, with their reasons; by
     default any bad folder stops the run before anything is written.
+    engine: where the runs execute (``workdir.EngineSettings``; default: ``default_engine()``).
     """
-    def say(msg: str) -> None:
-        if not quiet:
-            print(msg, file=out, flush=True)
-
+    progress = Progress(RunLayout.at(cfg.workdir), quiet, out)
     t_start = time.perf_counter()
     try:
         snapshot = _prepare(cfg, lenient, out)
@@ -123,38 +155,66 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, leni
     cfg = absolute_paths(cfg)  # the configuration Dagster reads must not depend on its working directory
     layout = RunLayout.at(cfg.workdir)
     for path in clean_leftovers(layout.workdir) if layout.workdir.is_dir() else []:
-        say(f"removed {path.relative_to(layout.workdir)}: left by an interrupted write whose process is gone")
+        progress.say(f"removed {path.relative_to(layout.workdir)}: left by an interrupted write whose process is gone")
     write_pipeline_config(cfg)
-    launcher, store, work = Launcher(layout.workdir, quiet), ResultStore(layout.database), Work()
+    settings = engine or default_engine()
+    try:
+        launcher = open_launcher(layout.workdir, settings, verbose)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        _introduce(cfg, layout, snapshot, settings, progress)
+        return _round(cfg, layout, snapshot, launcher, progress, t_start, out)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        progress.end()
+        launcher.close()
+
+
+def _introduce(cfg, layout, snapshot, settings: EngineSettings, progress: Progress) -> None:
+    say = progress.say
     say(f"valuing {len(snapshot.accepted)} contributors from {cfg.contributors_path} (method {cfg.valuation.method})")
     say(f"work directory {layout.workdir} (Dagster home {layout.dagster_home})")
+    where = {"in-process": "in this process, one run after another",
+             "local": f"a local Ray, {settings.workers} worker(s) of one torch thread",
+             "ray": f"the Ray cluster at {settings.address}"}[settings.engine]
+    say(f"engine {settings.engine}: {where}" + ("" if settings.engine == "in-process" else
+                                                 f"; Dagster's logs in {layout.workdir / 'logs'}"))
     say(f"instruments: trusted reference {cfg.reference.dir}" if cfg.reference.dir else
         "instruments: no trusted reference (--reference DIR): a fallback from the contributors' own images, which "
         "moves with the players and sees only crude junk; recorded in valuation_rounds.instrument")
-    t_coalitions, previous = 0.0, None
+
+
+def _round(cfg, layout, snapshot, launcher, progress: Progress, t_start: float, out) -> int:
+    """Ask the decision function, run its requests, repeat until the round is up to date; a step
+    whose runs failed is asked again once (its coalitions that lack a utility, nothing else)."""
+    store, work = ResultStore(layout.database), Work()
+    t_coalitions, previous, failures = 0.0, None, 0
     for _ in range(MAX_STEPS):
+        ingest(layout.workdir, store)  # the records workers wrote: DuckDB's one writer is this process
         step = next_step(cfg, layout, store, snapshot.accepted)
         if step.kind in ("idle", "wait") or (step.kind, step.keys) == previous:
             break
         previous = (step.kind, step.keys)
         requests = step_requests(step, cfg, str(layout.workdir), snapshot.accepted, launcher.partitions())
-        say(f"[{step.kind}] {step.reason}" + (f": {len(requests)} run(s)" if len(requests) > 1 else ""))
+        progress.say(f"[{step.kind}] {step.reason}" + (f": {len(requests)} run(s)" if len(requests) > 1 else ""))
+        progress.begin(step.kind, step.keys, len(requests))
         t0 = time.perf_counter()
-        for i, request in enumerate(requests, 1):
-            if len(requests) > 1:
-                keys = request.partition_key_range
-                say(f"  run {i}/{len(requests)}: " + (f"{keys.start} .. {keys.end}" if keys else request.job_name))
-            result = launcher.execute(request.job_name, request.run_config, dict(request.tags))
-            if not result.success:
-                return 1
-            work.add(result)
+        ok = launcher.run_step(step, requests, progress, work)
+        progress.end()
         t_coalitions += time.perf_counter() - t0 if step.kind == "coalitions" else 0.0
+        failures += not ok
+        if not ok and (isinstance(launcher, InProcess) or failures > 1):
+            return 1
     if step.kind != "idle":
         print(f"error: the round did not complete: {step.kind}: {step.reason}", file=sys.stderr)
         return 2 if step.kind == "wait" else 1
     if work.coalitions:
-        say(work.summary(t_coalitions))
-    say(f"done in {time.perf_counter() - t_start:.1f}s: {step.reason}")
+        progress.say(work.summary(t_coalitions, getattr(launcher, "settings", None)))
+    progress.say(f"done in {time.perf_counter() - t_start:.1f}s: {step.reason}")
     return print_table(str(layout.workdir), out=out)
 
 
@@ -168,7 +228,8 @@ def run_evaluation(cfg: PipelineConfig, assets: tuple[str, ...] = ("lds_results"
         return 2
     write_pipeline_config(cfg)
     t0 = time.perf_counter()
-    result = Launcher(layout.workdir, quiet).execute(EVALUATION_JOB, asset_selection=[dg.AssetKey(a) for a in assets])
+    launcher = InProcess(layout.workdir, verbose=False)
+    result = launcher.execute(EVALUATION_JOB, asset_selection=[dg.AssetKey(a) for a in assets])
     if not result.success:
         return 1
     _print_evaluation(ResultStore(layout.database), assets, out)

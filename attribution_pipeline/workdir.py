@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from attribution_pipeline.config import DEFAULT_DATA_DIR, PipelineConfig, load_preset
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.storage.artifacts import atomic_write_bytes
+from attribution_pipeline.storage.results import ROLE_ENV
 
 WORKDIR_ENV = "ATTRIBUTION_PIPELINE_WORKDIR"
 DEFAULT_WORKDIR = DEFAULT_DATA_DIR / "runs" / "default"
@@ -51,4 +53,106 @@ def prepare_dagster_home(workdir: str | Path) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").is_file():
         atomic_write_bytes(home / "dagster.yaml", DAGSTER_YAML.encode())
+    return home
+
+
+# --- the engine: where a work directory's runs execute (written by `run`, read by the Definitions) ---
+
+ENGINES = ("local", "ray", "in-process")
+ENGINE_ENV = "ATTRIBUTION_PIPELINE_ENGINE"  # the CLI's default engine (the test suite sets in-process)
+THREADS_ENV = "ATTRIBUTION_PIPELINE_TORCH_THREADS"
+HEAD_RESOURCE = "attribution_head"  # a Ray custom resource only the head node declares
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How runs of a work directory execute.
+
+    engine: ``local`` (a Ray started by the CLI on this machine, ``workers`` runs at once, one torch
+    thread each), ``ray`` (a running Ray cluster at ``address``), ``in-process`` (everything in the
+    calling process, one run after another: debugging and tests).
+    gpus_per_run: GPUs each training run asks Ray for (0 on CPU-only machines); the ``gpu`` pool
+    admits at most ``workers`` runs at once.
+    local_gpus: the GPUs a ``local`` Ray declares (None: Ray counts this machine's; a number on a
+    CPU machine declares logical GPUs, which tests use to check placement).
+    """
+
+    engine: str = "in-process"
+    workers: int = 1
+    address: str | None = None
+    gpus_per_run: float = 0.0
+    local_gpus: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+
+def default_engine() -> EngineSettings:
+    """``$ATTRIBUTION_PIPELINE_ENGINE`` (default ``local``) with one worker per core of this machine."""
+    engine = os.environ.get(ENGINE_ENV, "local")
+    if engine not in ENGINES:
+        raise ValueError(f"{ENGINE_ENV}={engine!r}: choose one of {', '.join(ENGINES)}")
+    return EngineSettings(engine=engine, workers=os.cpu_count() or 1)
+
+
+def engine_file(workdir: str | Path) -> Path:
+    return RunLayout.at(workdir).dagster_home / "engine.json"
+
+
+def read_engine(workdir: str | Path) -> EngineSettings:
+    """The engine the work directory's instance was last configured for (in-process if never)."""
+    path = engine_file(workdir)
+    if not path.is_file():
+        return EngineSettings()
+    try:
+        return EngineSettings(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return EngineSettings()
+
+
+def instance_yaml(workdir: str | Path, settings: EngineSettings) -> str:
+    """``dagster.yaml`` for ``settings``: in-process keeps Dagster's defaults; ``local`` and ``ray``
+    send every run through the queue (at most ``workers`` runs that hold the ``gpu`` pool at once)
+    to dagster-ray's ``RayRunLauncher``, which submits each run as one Ray job. The daemon (which
+    ``dagster dev`` and ``attribution-pipeline run`` start) dequeues them and watches their health:
+    a run whose worker died is marked failed, and the next step of the round (the CLI's or the
+    sensor's) recomputes exactly the coalitions that lack a utility, so no Dagster run retry is
+    configured (a retry racing that next step would compute a coalition twice)."""
+    text = DAGSTER_YAML
+    if settings.engine == "in-process" or not settings.address:
+        return text
+    layout = RunLayout.at(workdir)
+    env = [f"{WORKDIR_ENV}={layout.workdir}", f"DAGSTER_HOME={layout.dagster_home}", f"{ROLE_ENV}=worker",
+           f"{THREADS_ENV}=1", "PATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED=0"]
+    return text + f"""run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+concurrency:
+  pools:
+    granularity: run
+    default_limit: {max(1, int(settings.workers))}
+run_launcher:
+  module: dagster_ray
+  class: RayRunLauncher
+  config:
+    ray:
+      address: "{settings.address}"
+      num_cpus: 1
+      env_vars: {json.dumps(env)}
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 5
+  start_timeout_seconds: 120
+  max_resume_run_attempts: 0
+"""
+
+
+def write_instance(workdir: str | Path, settings: EngineSettings) -> Path:
+    """Write ``engine.json`` and ``dagster.yaml`` into the work directory's Dagster home."""
+    home = RunLayout.at(workdir).dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(home / "dagster.yaml", instance_yaml(workdir, settings).encode())
+    atomic_write_bytes(engine_file(workdir), settings.to_json().encode())
     return home

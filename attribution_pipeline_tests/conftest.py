@@ -10,6 +10,9 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+# the CLI's default engine starts a local Ray; the suite runs in-process except where a test starts
+# the engine itself (test_engine_ray.py)
+os.environ.setdefault("ATTRIBUTION_PIPELINE_ENGINE", "in-process")
 
 # tiny local stand-ins of the paper presets' models (session scoped)
 from attribution_pipeline_tests.tiny_models import model_zoo  # noqa: E402,F401

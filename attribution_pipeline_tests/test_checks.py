@@ -1,5 +1,6 @@
 """Each asset check passes on a real valuation and fails on a crafted bad input."""
 
+import contextlib
 import json
 import math
 
@@ -65,16 +66,26 @@ def test_image_set_with_wrong_count_or_constant_images_fails(valued):
 # the digits instrument tells the 10 digit classes apart: diversity lies in [0, log2 10]
 @pytest.mark.parametrize("prop,value", [("diversity", math.log2(10) + 0.5), ("quality", 4.0), ("diversity", -0.1)])
 def test_utility_outside_its_property_range_fails(valued, prop, value):
+    """The coalition checks run in the worker and read the records it wrote (never DuckDB)."""
     layout = RunLayout.at(valued.workdir)
-    store = ResultStore(layout.database)
-    key = read_plan(layout).coalitions[2].key
-    row = store.query("SELECT * FROM utilities WHERE coalition_key = ? AND property = ? AND method = 'sft'",
-                      [key, prop]).row(0, named=True)
-    try:
-        store.upsert("utilities", [{**row, "value": value}])
+    with _tampered_record(layout.coalition_dir(read_plan(layout).coalitions[2].key), prop, value):
         assert _checks(valued) == {**ALL_PASS, "utilities_in_valid_range": False}
+
+
+@contextlib.contextmanager
+def _tampered_record(folder, prop: str, value: float):
+    """The utility record under ``folder`` with ``prop``'s value replaced, restored afterwards."""
+    (path,) = folder.glob("**/utilities/*.json")
+    original = path.read_text()
+    doc = json.loads(original)
+    for row in doc["rows"]:
+        if row["property"] == prop:
+            row["value"] = value if math.isfinite(value) else {"float": repr(value)}
+    try:
+        path.write_text(json.dumps(doc))
+        yield path
     finally:
-        store.upsert("utilities", [row])
+        path.write_text(original)
 
 
 def test_plan_where_a_contributor_is_never_left_out_fails(valued):
@@ -96,13 +107,11 @@ def test_non_finite_utility_and_broken_efficiency_fail(valued):
     row = store.query("SELECT * FROM shapley_values WHERE is_default LIMIT 1").row(0, named=True)
     try:
         store.upsert("shapley_values", [{**row, "value": row["value"] + 1.0}])
-        store.upsert("utilities", [{"coalition_key": "c-bogus", "property": "quality", "value": float("inf"),
-                                    "method": "sft", "seed": 0, "elapsed_s": 0.0}])
-        got = _checks(valued)
+        with _tampered_record(layout.untrained_images_dir.parent, "quality", float("inf")):  # v(∅)'s record
+            got = _checks(valued)
         assert got["shapley_efficiency"] is False and got["utilities_are_finite"] is False
     finally:
         store.upsert("shapley_values", [row])
-        store.delete_where("utilities", "coalition_key = 'c-bogus'")
 
 
 def test_a_launch_with_another_method_is_checked_against_that_methods_images(tiny_config):

@@ -60,3 +60,32 @@ def test_each_round_job_selects_its_group(tmp_path):
     assert graph.get(dg.AssetKey("coalition_utilities")).backfill_policy.max_partitions_per_run == 16
     # one process per run: a process per step would pay the torch import at every step
     assert {j.executor_def.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")} == {"in_process"}
+
+
+def test_jobs_carry_the_engines_ray_request_and_training_holds_the_gpu_pool(tmp_path):
+    """After ``run --engine local|ray`` the jobs ask Ray for what their runs need: training runs one
+    CPU and the configured GPUs, with the worker role; Shapley and evaluation the head's resource,
+    without it (they write DuckDB). In-process, no Ray tag at all."""
+    import json
+
+    from attribution_pipeline.defs.jobs import RAY_TAG
+    from attribution_pipeline.workdir import HEAD_RESOURCE, EngineSettings, instance_yaml, write_instance
+
+    work = tmp_path / "work"
+    plain = {j.name: j.tags for j in build_definitions(str(work)).resolve_all_job_defs()}
+    assert not any(RAY_TAG in tags for tags in plain.values())
+    settings = EngineSettings(engine="ray", workers=3, address="http://head:8265", gpus_per_run=1)
+    write_instance(work, settings)
+    defs = build_definitions(str(work))
+    tags = {j.name: json.loads(j.tags[RAY_TAG]) for j in defs.resolve_all_job_defs() if not j.name.startswith("__")}
+    assert tags["coalitions"] == tags["valuation_base"] == {"num_cpus": 1, "num_gpus": 1}
+    for job in ("shapley", "evaluation"):
+        assert tags[job]["resources"] == {HEAD_RESOURCE: 0.001} and "num_gpus" not in tags[job]
+        assert not any(v.startswith("ATTRIBUTION_PIPELINE_ROLE") for v in tags[job]["env_vars"])
+    pools = {key.to_user_string(): node.pools for key, node in
+             ((k, defs.resolve_asset_graph().get(k)) for k in defs.resolve_asset_graph().get_all_asset_keys())}
+    assert {a for a, p in pools.items() if "gpu" in (p or ())} == {
+        "full_model", "pruned_base_model", "coalition_checkpoint", "coalition_images", "coalition_utilities"}
+    yaml = instance_yaml(work, settings)
+    assert "ATTRIBUTION_PIPELINE_ROLE=worker" in yaml and "default_limit: 3" in yaml and "QueuedRunCoordinator" in yaml
+    assert "num_gpus" not in yaml  # a tag of 0 cannot override an instance default: GPUs only by job tag

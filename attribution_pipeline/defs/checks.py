@@ -16,6 +16,7 @@ from attribution_pipeline.defs.resources import PipelineResource
 from attribution_pipeline.properties.registry import get_property
 from attribution_pipeline.stages.utility import EMPTY_METHOD
 from attribution_pipeline.storage.artifacts import is_complete, read_manifest
+from attribution_pipeline.storage.records import rows_in
 
 # Estimators whose values need not sum to v(N) − v(∅): Banzhaf and leave-one-out are other values.
 NOT_EFFICIENT = ("banzhaf-msr", "loo")
@@ -53,15 +54,16 @@ def plan_covers_contributors(pipeline: PipelineResource) -> dg.AssetCheckResult:
 @dg.asset_check(asset="empty_coalition_utilities", blocking=True,
                 description="Every stored utility is finite (no NaN or infinity).")
 def utilities_are_finite(pipeline: PipelineResource) -> dg.AssetCheckResult:
-    df = pipeline.store().query("SELECT coalition_key, property, value FROM utilities")
-    bad = [f"{r['coalition_key']}/{r['property']}" for r in df.iter_rows(named=True) if not math.isfinite(r["value"])]
-    return dg.AssetCheckResult(passed=not bad, metadata={"rows": len(df), "non_finite": ", ".join(bad[:20]) or "none"})
+    layout = pipeline.layout()  # the base run's records (a worker's check never opens DuckDB)
+    rows = [*rows_in(layout.untrained_images_dir.parent), *rows_in(layout.workdir / "models" / "full_model")]
+    bad = [f"{r['coalition_key']}/{r['property']}" for r in rows if not math.isfinite(r["value"])]
+    return dg.AssetCheckResult(passed=not bad, metadata={"rows": len(rows), "non_finite": ", ".join(bad[:20]) or "none"})
 
 
 def _coalitions_to_check(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource):
     """The coalition partitions of this run; outside a partitioned run, every planned one."""
     if context.has_partition_key_range or context.has_partition_key:
-        return list(stages.coalitions_by_key(pipeline.store(), list(context.partition_keys)).values())
+        return list(stages.planned_coalitions(pipeline.layout(), list(context.partition_keys)).values())
     return list({c.key: c for c in stages.read_plan(pipeline.layout()).coalitions}.values())
 
 
@@ -88,12 +90,15 @@ def image_sets_are_valid(context: dg.AssetCheckExecutionContext, pipeline: Pipel
                             "property's valid range (quality = −FID ≤ 0, diversity in [0, log2 K] for K "
                             "contributors).")
 def utilities_in_valid_range(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource) -> dg.AssetCheckResult:
-    cfg, store = pipeline.config(), pipeline.store()
-    instruments = stages.property_context(cfg, pipeline.layout())
-    keys = [c.key for c in _coalitions_to_check(context, pipeline)]
-    df = store.utilities_for(keys, method=cfg.valuation.method)
-    empty = store.utilities_for([EMPTY_KEY], method=EMPTY_METHOD)
-    rows = [*(df.iter_rows(named=True) if len(df) else []), *(empty.iter_rows(named=True) if len(empty) else [])]
+    cfg, layout = pipeline.config(), pipeline.layout()
+    instruments = stages.property_context(cfg, layout)
+    method = cfg.valuation.method
+    rows = [r for r in rows_in(layout.untrained_images_dir.parent)
+            if r["coalition_key"] == EMPTY_KEY and r["method"] == EMPTY_METHOD]
+    for c in _coalitions_to_check(context, pipeline):  # the records of this run's coalitions, never DuckDB
+        for seed in cfg.utility_seeds(method):
+            run_dir = stages.utility_spec(cfg, layout, c, method, seed).images_dir.parent
+            rows += [r for r in rows_in(run_dir) if r["method"] == method and r["seed"] == seed]
     bad = []
     for r in rows:
         if r["property"] not in cfg.valuation.properties:

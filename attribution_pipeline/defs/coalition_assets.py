@@ -7,10 +7,13 @@ carry several coalitions (a partition range, at most ``valuation.coalitions_per_
 loops over them and attaches each partition's own metadata.
 """
 
+import os
+import socket
+
 import dagster as dg
 
 from attribution_pipeline import stages
-from attribution_pipeline.defs.jobs import BASE_GROUP, COALITIONS_GROUP
+from attribution_pipeline.defs.jobs import BASE_GROUP, COALITIONS_GROUP, GPU_POOL
 from attribution_pipeline.defs.model_assets import contributors, full_model, property_reference, pruned_base_model
 from attribution_pipeline.defs.partitions import coalition_partitions
 from attribution_pipeline.defs.resources import PipelineResource
@@ -22,8 +25,9 @@ from attribution_pipeline.defs.resources import PipelineResource
 def coalition_plan(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """The coalitions to evaluate: the full coalition plus the first ``valuation.budget`` draws of a
     seeded, prefix-stable, paired design. Registers one coalition partition per coalition (growing
-    the budget only adds partitions) and writes the ``coalitions`` table."""
-    plan = stages.plan_coalitions(pipeline.config(), pipeline.layout(), pipeline.store())
+    the budget only adds partitions) and writes ``plan.json``, which the head indexes into the
+    ``coalitions`` table (``storage/index.py``)."""
+    plan = stages.plan_coalitions(pipeline.config(), pipeline.layout())
     existing = set(context.instance.get_dynamic_partitions(coalition_partitions.name))
     new_keys = [c.key for c in plan.coalitions if c.key not in existing]
     if new_keys:
@@ -46,7 +50,10 @@ def _partition_metadata(context, outs: list, method: str) -> None:
                                 "content_hash": out.checkpoint.content_hash,
                                 "trained": sum(not o.checkpoint.skipped for o in outs),
                                 "finetune_s": round(sum(o.checkpoint.elapsed_s for o in outs), 3),
-                                "skipped_up_to_date": all(o.checkpoint.skipped for o in outs)},
+                                "skipped_up_to_date": all(o.checkpoint.skipped for o in outs),
+                                # where it ran: Ray sets CUDA_VISIBLE_DEVICES to the GPU it placed the run on
+                                "worker": f"{socket.gethostname()}:{os.getpid()}",
+                                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")},
                                asset_key="coalition_checkpoint", partition_key=key)
     context.add_asset_metadata({"n_images": out.images.metadata["n_images"], "content_hash": out.images.content_hash,
                                 "generated": sum(not o.images.skipped for o in outs),
@@ -77,16 +84,17 @@ def build_coalition_outcomes(coalitions_per_run: int) -> dg.AssetsDefinition:
                          kinds={"duckdb"}),
         ],
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=max(1, coalitions_per_run)),
+        pool=GPU_POOL,  # with the engine's queue: no more coalition runs in flight than workers (GPUs)
     )
     def coalition_outcomes(context: dg.AssetExecutionContext, pipeline: PipelineResource):
         """Train (by the utility method), generate and score every coalition partition of this run.
         Utilities already present for the method and seed are read from cache, not recomputed."""
-        cfg, layout, store = pipeline.config(), pipeline.layout(), pipeline.store()
+        cfg, layout = pipeline.config(), pipeline.layout()
         method = cfg.valuation.method
         keys = list(context.partition_keys)
-        coalitions = stages.coalitions_by_key(store, keys)
-        for i, key in enumerate(keys, 1):
-            outs = stages.measure_utility_all_seeds(cfg, layout, store, coalitions[key], context.log.info)
+        coalitions = stages.planned_coalitions(layout, keys)
+        for i, key in enumerate(keys, 1):  # store None: a worker leaves its rows in the outbox, never in DuckDB
+            outs = stages.measure_utility_all_seeds(cfg, layout, None, coalitions[key], context.log.info)
             context.log.info(
                 f"[{i}/{len(keys)}] coalition {key} (size {coalitions[key].size}, {method}): "
                 + ", ".join(f"{p}={v:.4g}" for p, v in outs[0].utilities.items())
@@ -101,7 +109,7 @@ def build_coalition_outcomes(coalitions_per_run: int) -> dg.AssetsDefinition:
 @dg.asset(group_name=BASE_GROUP, deps=[property_reference, contributors], code_version="1", kinds={"duckdb"})
 def empty_coalition_utilities(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """v(∅): the properties of images from the untrained (random-init) model, same noise seeds."""
-    out = stages.measure_empty_coalition(pipeline.config(), pipeline.layout(), pipeline.store(), context.log.info)
+    out = stages.measure_empty_coalition(pipeline.config(), pipeline.layout(), None, context.log.info)
     return dg.MaterializeResult(
         metadata={**{p: float(v) for p, v in out.utilities.items()}, "elapsed_s": round(out.elapsed_s, 3)},
         data_version=dg.DataVersion(stages.utilities_version(out.utilities)),
@@ -111,7 +119,7 @@ def empty_coalition_utilities(context: dg.AssetExecutionContext, pipeline: Pipel
 @dg.asset(group_name=BASE_GROUP, deps=[full_model, property_reference], code_version="1", kinds={"duckdb"})
 def full_model_utilities(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """The properties of the full model θ* itself (method ``full_model``), beside the sFT v(N)."""
-    out = stages.measure_full_model(pipeline.config(), pipeline.layout(), pipeline.store(), context.log.info)
+    out = stages.measure_full_model(pipeline.config(), pipeline.layout(), None, context.log.info)
     return dg.MaterializeResult(
         metadata={**{p: float(v) for p, v in out.utilities.items()}, "elapsed_s": round(out.elapsed_s, 3),
                   "recognized_fraction": out.extra.get("recognized_fraction", float("nan"))},

@@ -6,24 +6,51 @@ step, and each pays the torch import and model set-up again (a base run launched
 175 s that way against 17 s in one process, on the tiny configuration).
 """
 
+import json
+
 import dagster as dg
+
+from attribution_pipeline.workdir import HEAD_RESOURCE, THREADS_ENV, WORKDIR_ENV, EngineSettings
 
 BASE_GROUP, COALITIONS_GROUP, VALUATION_GROUP, EVALUATION_GROUP = "base", "coalitions", "valuation", "evaluation"
 BASE_JOB, COALITIONS_JOB, SHAPLEY_JOB, EVALUATION_JOB = "valuation_base", "coalitions", "shapley", "evaluation"
 ROUND_JOBS = (BASE_JOB, COALITIONS_JOB, SHAPLEY_JOB)
 
-base_job = dg.define_asset_job(
-    BASE_JOB, selection=dg.AssetSelection.groups(BASE_GROUP), executor_def=dg.in_process_executor,
-    description="Validate contributors, build the instruments, train, prune and fine-tune the base, plan the "
-                "coalitions, measure v(∅) and the full model's own properties.")
-coalitions_job = dg.define_asset_job(
-    COALITIONS_JOB, selection=dg.AssetSelection.groups(COALITIONS_GROUP), executor_def=dg.in_process_executor,
-    description="Fine-tune, generate and score coalition partitions.")
-shapley_job = dg.define_asset_job(
-    SHAPLEY_JOB, selection=dg.AssetSelection.groups(VALUATION_GROUP), executor_def=dg.in_process_executor,
-    description="Fit the Shapley table.")
-evaluation_job = dg.define_asset_job(
-    EVALUATION_JOB, selection=dg.AssetSelection.groups(EVALUATION_GROUP), executor_def=dg.in_process_executor,
-    description="LDS and counterfactual evaluation of the latest Shapley values against retraining.")
+RAY_TAG = "dagster-ray/config"  # dagster-ray's per-run settings; ignored by the in-process launcher
+GPU_POOL = "gpu"  # the concurrency pool of the training runs: at most `workers` (GPUs) in flight
 
-ALL_JOBS = [base_job, coalitions_job, shapley_job, evaluation_job]
+
+def ray_tags(settings: EngineSettings, training: bool) -> dict[str, str]:
+    """The Ray request of a job's runs: a training run (base, coalitions) one CPU and
+    ``gpus_per_run`` GPUs; the Shapley and evaluation runs, which write DuckDB, go to the head
+    node (the custom resource only it declares) with the head's environment, not the workers'."""
+    if settings.engine == "in-process":
+        return {}
+    if training:
+        request = {"num_cpus": 1, **({"num_gpus": settings.gpus_per_run} if settings.gpus_per_run else {})}
+    else:
+        request = {"num_cpus": 1, "resources": {HEAD_RESOURCE: 0.001},
+                   "env_vars": [WORKDIR_ENV, "DAGSTER_HOME", f"{THREADS_ENV}=1", "PATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
+                                "RAY_USAGE_STATS_ENABLED=0"]}
+    return {RAY_TAG: json.dumps(request, sort_keys=True)}
+
+
+def build_jobs(settings: EngineSettings) -> list:
+    """The four jobs, tagged for the work directory's engine (``workdir.EngineSettings``)."""
+    return [
+        dg.define_asset_job(
+            BASE_JOB, selection=dg.AssetSelection.groups(BASE_GROUP), executor_def=dg.in_process_executor,
+            tags=ray_tags(settings, True),
+            description="Validate contributors, build the instruments, train, prune and fine-tune the base, plan "
+                        "the coalitions, measure v(∅) and the full model's own properties."),
+        dg.define_asset_job(
+            COALITIONS_JOB, selection=dg.AssetSelection.groups(COALITIONS_GROUP), executor_def=dg.in_process_executor,
+            tags=ray_tags(settings, True), description="Fine-tune, generate and score coalition partitions."),
+        dg.define_asset_job(
+            SHAPLEY_JOB, selection=dg.AssetSelection.groups(VALUATION_GROUP), executor_def=dg.in_process_executor,
+            tags=ray_tags(settings, False), description="Fit the Shapley table."),
+        dg.define_asset_job(
+            EVALUATION_JOB, selection=dg.AssetSelection.groups(EVALUATION_GROUP), executor_def=dg.in_process_executor,
+            tags=ray_tags(settings, False),
+            description="LDS and counterfactual evaluation of the latest Shapley values against retraining."),
+    ]

@@ -4,8 +4,9 @@
 import dagster as dg
 
 from attribution_pipeline import stages
-from attribution_pipeline.defs.jobs import BASE_GROUP as GROUP
+from attribution_pipeline.defs.jobs import BASE_GROUP as GROUP, GPU_POOL
 from attribution_pipeline.defs.resources import PipelineResource
+from attribution_pipeline.storage.index import contributor_rows
 
 
 @dg.asset(group_name=GROUP, code_version="1", kinds={"python", "duckdb"})
@@ -18,7 +19,7 @@ def contributors(context: dg.AssetExecutionContext, pipeline: PipelineResource) 
     """
     cfg, layout = pipeline.config(), pipeline.layout()
     manifest = stages.prepare_contributors(cfg, layout, context.log.info, snapshot=pipeline.snapshot)
-    rows = stages.register_contributors(pipeline.store(), manifest)
+    rows = contributor_rows(manifest)  # DuckDB gets them from the manifest, by the head's ingest
     table = "\n".join(f"| {r['contributor']} | {r['n_images']} | `{r['data_hash']}` | "
                       f"{', '.join(r['duplicates_with']) or ''} |" for r in rows)
     return dg.MaterializeResult(
@@ -41,14 +42,14 @@ def property_reference(context: dg.AssetExecutionContext, pipeline: PipelineReso
     return _result(r, pipeline.layout().reference_dir)
 
 
-@dg.asset(group_name=GROUP, deps=[contributors], code_version="1", kinds={"pytorch"})
+@dg.asset(group_name=GROUP, deps=[contributors], code_version="1", kinds={"pytorch"}, pool=GPU_POOL)
 def full_model(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """θ*: the diffusion model trained on every contributor (EMA weights, diffusers format)."""
     r = stages.train_full_model(pipeline.config(), pipeline.layout(), context.log.info)
     return _result(r, pipeline.layout().full_model_dir)
 
 
-@dg.asset(group_name=GROUP, deps=[full_model, contributors], code_version="1", kinds={"pytorch"})
+@dg.asset(group_name=GROUP, deps=[full_model, contributors], code_version="1", kinds={"pytorch"}, pool=GPU_POOL)
 def pruned_base_model(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """θ̃*: θ* pruned structurally (torch-pruning) and fine-tuned on all data: the base every
     coalition is fine-tuned from."""

@@ -14,6 +14,7 @@ import dagster as dg
 
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.layout import RunLayout
+from attribution_pipeline.storage.index import ingest
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline.validation import validate_config
 from attribution_pipeline.workdir import default_workdir, read_pipeline_config
@@ -44,7 +45,12 @@ class PipelineResource(dg.ConfigurableResource):
         return RunLayout.at(self.directory())
 
     def store(self) -> ResultStore:
-        return ResultStore(self.layout().database)
+        """The results database, first brought up to date with the records workers left beside their
+        artifacts (``storage/index.py``); only head-side code (the Shapley and evaluation steps, the
+        sensor, checks of the head's tables) calls this: a worker's ResultStore raises."""
+        store = ResultStore(self.layout().database)
+        ingest(self.directory(), store)
+        return store
 
 
 def pipeline_resource(directory: str) -> PipelineResource:

@@ -13,7 +13,7 @@ import dagster as dg
 
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.data.contributors import ContributorValidationError
-from attribution_pipeline.defs.jobs import ROUND_JOBS, base_job, coalitions_job, shapley_job
+from attribution_pipeline.defs.jobs import BASE_JOB, ROUND_JOBS
 from attribution_pipeline.defs.requests import LAUNCHED_BY_TAG
 from attribution_pipeline.defs.resources import PipelineResource
 from attribution_pipeline.defs.sensors import in_flight, round_requests
@@ -24,7 +24,7 @@ SCHEDULE_NAME = "revaluation_schedule"
 DEFAULT_CRON = "0 3 * * 1"
 
 
-def build_revaluation_schedule(cfg: PipelineConfig) -> dg.ScheduleDefinition:
+def build_revaluation_schedule(cfg: PipelineConfig, base_job) -> dg.ScheduleDefinition:
     cron = cfg.revaluation.cron or DEFAULT_CRON
     status = dg.DefaultScheduleStatus.RUNNING if cfg.revaluation.cron else dg.DefaultScheduleStatus.STOPPED
 
@@ -43,23 +43,31 @@ def build_revaluation_schedule(cfg: PipelineConfig) -> dg.ScheduleDefinition:
         for name, problems in snapshot.rejected.items():
             context.log.warning(f"contributor folder {name!r} left out of this round: {'; '.join(problems)}")
         requests, reason = round_requests(context, live, pipeline, snapshot.accepted, launched_by=SCHEDULE_NAME)
-        requests = [r for r in requests if r.job_name == base_job.name]
+        requests = [r for r in requests if r.job_name == BASE_JOB]
         return requests or dg.SkipReason(f"{reason} (the schedule starts rounds with the base run; the contributors "
                                          "sensor or round_continuation carries a started round)")
 
     return revaluation_schedule
 
 
-@dg.run_status_sensor(name="round_continuation", run_status=dg.DagsterRunStatus.SUCCESS,
-                      monitored_jobs=[base_job, coalitions_job, shapley_job],
-                      request_jobs=[base_job, coalitions_job, shapley_job],
-                      default_status=dg.DefaultSensorStatus.RUNNING,
-                      description="After each successful run of a round the schedule started, requests the "
-                                  "round's next step (the same decision as the contributors sensor).")
-def round_continuation(context: dg.RunStatusSensorContext, pipeline: PipelineResource):
+def _continue_round(context: dg.RunStatusSensorContext, pipeline: PipelineResource):
     if context.dagster_run.tags.get(LAUNCHED_BY_TAG) != SCHEDULE_NAME or context.dagster_run.job_name not in ROUND_JOBS:
         return dg.SkipReason("not a run of a scheduled round")
     live = pipeline.config()
     accepted = data_versions(read_contributors(pipeline.layout()))  # the round values what it registered
     requests, reason = round_requests(context, live, pipeline, accepted, launched_by=SCHEDULE_NAME)
     return requests or dg.SkipReason(reason)
+
+
+def build_round_continuation(round_jobs: list) -> dg.SensorDefinition:
+    """``round_continuation`` watching and requesting ``round_jobs`` (base, coalitions, Shapley)."""
+
+    @dg.run_status_sensor(name="round_continuation", run_status=dg.DagsterRunStatus.SUCCESS,
+                          monitored_jobs=round_jobs, request_jobs=round_jobs,
+                          default_status=dg.DefaultSensorStatus.RUNNING,
+                          description="After each successful run of a round the schedule started, requests the "
+                                      "round's next step (the same decision as the contributors sensor).")
+    def round_continuation(context: dg.RunStatusSensorContext, pipeline: PipelineResource):
+        return _continue_round(context, pipeline)
+
+    return round_continuation

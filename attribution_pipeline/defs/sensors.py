@@ -36,7 +36,7 @@ import dagster as dg
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.data.contributors import contributor_id
 from attribution_pipeline.data.watch import watch_contributors
-from attribution_pipeline.defs.jobs import ROUND_JOBS, base_job, coalitions_job, shapley_job
+from attribution_pipeline.defs.jobs import ROUND_JOBS
 from attribution_pipeline.defs.partitions import UNFINISHED_STATUSES, coalition_partitions
 from attribution_pipeline.defs.requests import deduplicated, step_requests
 from attribution_pipeline.defs.resources import PipelineResource
@@ -100,10 +100,12 @@ def _evaluate(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -
     return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
-def build_contributors_sensor(cfg: PipelineConfig) -> dg.SensorDefinition:
+def build_contributors_sensor(cfg: PipelineConfig, round_jobs: list) -> dg.SensorDefinition:
+    """The sensor of ``cfg``'s work directory; ``round_jobs``: the base, coalitions and Shapley jobs
+    (tagged for the work directory's engine, ``jobs.build_jobs``)."""
     status = dg.DefaultSensorStatus.RUNNING if cfg.revaluation.sensor else dg.DefaultSensorStatus.STOPPED
 
-    @dg.sensor(name=SENSOR_NAME, jobs=[base_job, coalitions_job, shapley_job],
+    @dg.sensor(name=SENSOR_NAME, jobs=round_jobs,
                minimum_interval_seconds=cfg.revaluation.sensor_interval_s, default_status=status,
                description="Registers contributors whose folders appear, change or disappear in the contributors "
                            "directory, then requests the base, the missing coalition partitions and the Shapley "

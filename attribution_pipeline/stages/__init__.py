@@ -18,7 +18,9 @@ from attribution_pipeline.stages.measure import (
     utilities_version,
 )
 from attribution_pipeline.stages.models import prune_base_model, train_full_model
-from attribution_pipeline.stages.plan import Plan, budget_problem, coalitions_by_key, plan_coalitions, read_plan
+from attribution_pipeline.stages.plan import (
+    Plan, budget_problem, coalitions_by_key, plan_coalitions, planned_coalitions, read_plan,
+)
 from attribution_pipeline.stages.reference import build_property_reference, property_context
 from attribution_pipeline.stages.result import StageResult
 from attribution_pipeline.stages.round import Step, gather_pool, next_step, partition_runs
@@ -30,7 +32,7 @@ __all__ = [
     "register_contributors", "take_snapshot", "base_decision", "base_lineage", "UtilityOutcome",
     "measure_empty_coalition", "measure_full_model", "measure_utility", "measure_utility_all_seeds",
     "utilities_version", "prune_base_model", "train_full_model", "Plan", "budget_problem", "coalitions_by_key",
-    "plan_coalitions", "read_plan", "build_property_reference", "property_context", "StageResult", "Step",
+    "plan_coalitions", "planned_coalitions", "read_plan", "build_property_reference", "property_context", "StageResult", "Step",
     "gather_pool", "next_step", "partition_runs", "MissingUtilitiesError", "ShapleyOutcome", "compute_shapley",
     "UTILITY_METHODS", "utility_spec",
 ]

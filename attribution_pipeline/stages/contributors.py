@@ -29,6 +29,7 @@ from attribution_pipeline.layout import RunLayout, signature
 from attribution_pipeline.models.registry import get_backend
 from attribution_pipeline.stages.result import Log, quiet
 from attribution_pipeline.storage.artifacts import atomic_write_bytes, atomic_write_json
+from attribution_pipeline.storage.index import contributor_rows, register_contributor_rows
 
 
 @dataclass
@@ -165,14 +166,7 @@ def data_versions(manifest: dict) -> dict[str, str]:
 
 def register_contributors(store, manifest: dict) -> list[dict]:
     """Upsert the ``contributors`` rows of a data manifest; stamp ``removed_at`` on contributors
-    that are no longer in it (their rows and past rounds stay)."""
-    rows = [{"contributor": c["contributor"], "n_images": c["n_images"], "data_hash": c["data_hash"],
-             "n_skipped_files": c.get("n_skipped_files", 0), "path": c.get("path"),
-             "n_duplicate_images": c.get("n_duplicate_images", 0),
-             "duplicates_with": sorted(c.get("duplicates_with", {})), "removed_at": None}
-            for c in manifest["contributors"]]
-    store.upsert("contributors", rows)
-    placeholders = ", ".join("?" for _ in rows)
-    store.execute(f"UPDATE contributors SET removed_at = current_timestamp WHERE removed_at IS NULL "
-                  f"AND contributor NOT IN ({placeholders})", [r["contributor"] for r in rows])
+    that are no longer in it. Head process only (workers leave the manifest to ``ingest``)."""
+    rows = contributor_rows(manifest)
+    register_contributor_rows(store, rows)
     return rows

@@ -27,7 +27,7 @@ from attribution_pipeline.stages.utility import (
     untrained_images_signature, utility_spec,
 )
 from attribution_pipeline.storage.artifacts import read_manifest
-from attribution_pipeline.storage.records import write_utility_records
+from attribution_pipeline.storage.records import rows_in, write_utility_records
 from attribution_pipeline.storage.results import ResultStore
 
 
@@ -77,21 +77,24 @@ def _utility_rows(cfg: PipelineConfig, key: str, utilities: dict[str, float], me
             for p, v in utilities.items()]
 
 
-def _stored(cfg: PipelineConfig, store: ResultStore, key: str, method: str, seed: int,
+def _stored(cfg: PipelineConfig, run_dir, key: str, method: str, seed: int,
             inputs_signature: str) -> dict[str, float] | None:
-    """{property: value} already stored for exactly these inputs (every property), else None."""
-    df = store.utilities_for([key], method=method)
-    rows = [r for r in (df.iter_rows(named=True) if len(df) else [])
-            if r["seed"] == seed and r.get("inputs_signature") == inputs_signature]
+    """{property: value} already recorded under ``run_dir`` for exactly these inputs (every
+    property), else None. Read from the utility records, never from DuckDB (workers do not open it)."""
+    rows = [r for r in rows_in(run_dir) if r["coalition_key"] == key and r["method"] == method
+            and r["seed"] == seed and r.get("inputs_signature") == inputs_signature]
     found = {r["property"]: r["value"] for r in rows}
     return found if set(cfg.valuation.properties) <= set(found) else None
 
 
-def _store(store: ResultStore, run_dir, rows: list[dict]) -> None:
-    """The utility record beside the artifact first, then DuckDB: every row the database holds can
-    be rebuilt from the work directory (``attribution-pipeline reindex``)."""
+def _store(store: ResultStore | None, run_dir, rows: list[dict]) -> None:
+    """The utility record beside the artifact (the outbox), then DuckDB when this process is the
+    database's writer (``store`` given). A worker passes None: the head process ingests its
+    records (``attribution_pipeline.reindex.ingest``), and every row the database holds can be
+    rebuilt from the work directory (``attribution-pipeline reindex``)."""
     write_utility_records(run_dir, rows)
-    store.upsert("utilities", rows)
+    if store is not None:
+        store.upsert("utilities", rows)
 
 
 def _train(cfg: PipelineConfig, layout: RunLayout, coalition: Coalition, spec: UtilitySpec, log: Log):
@@ -129,7 +132,7 @@ def _coalition_model(cfg: PipelineConfig, layout: RunLayout, coalition: Coalitio
                                 {"cost_s": r.elapsed_s})
 
 
-def measure_utility(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coalition: Coalition,
+def measure_utility(cfg: PipelineConfig, layout: RunLayout, store: ResultStore | None, coalition: Coalition,
                     log: Log = quiet, method: str = SFT, seed: int | None = None) -> UtilityOutcome:
     """The utility of one coalition by ``method`` (see ``utility.py``), stored in ``utilities``
     under (method, seed): train, generate with the shared noise, score."""
@@ -150,20 +153,20 @@ def measure_utility(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, 
                           {"score_s": score_s, "method": method, "seed": spec.seed, "images_dir": str(spec.images_dir)})
 
 
-def measure_utility_all_seeds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coalition: Coalition,
+def measure_utility_all_seeds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore | None, coalition: Coalition,
                               log: Log = quiet) -> list[UtilityOutcome]:
     """Every utility a valuation by ``cfg.valuation.method`` needs for this coalition (one per seed)."""
     method = cfg.valuation.method
     return [measure_utility(cfg, layout, store, coalition, log, method, s) for s in cfg.utility_seeds(method)]
 
 
-def measure_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
+def measure_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore | None,
                             log: Log = quiet) -> UtilityOutcome:
     """v(∅): images of the untrained model (seeded random init), same noise, same scorers. Not
     measured again while its stored utilities carry the current inputs signature."""
     start = time.perf_counter()
     empty = make_coalition([], "empty", -1)
-    cached = _stored(cfg, store, EMPTY_KEY, EMPTY_METHOD, empty_seed(cfg), empty_utility_signature(cfg, layout))
+    cached = _stored(cfg, layout.untrained_images_dir.parent, EMPTY_KEY, EMPTY_METHOD, empty_seed(cfg), empty_utility_signature(cfg, layout))
     if cached is not None:
         m = read_manifest(layout.untrained_images_dir)
         return UtilityOutcome(empty, StageResult("untrained", True, 0.0), StageResult(m["content_hash"], True, 0.0),
@@ -183,7 +186,7 @@ def full_model_utility_signature(cfg: PipelineConfig, layout: RunLayout) -> str:
                      *instruments_signature(cfg, layout))
 
 
-def measure_full_model(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
+def measure_full_model(cfg: PipelineConfig, layout: RunLayout, store: ResultStore | None,
                        log: Log = quiet) -> UtilityOutcome:
     """Properties of θ* itself (method ``full_model``), and how many of its samples the
     reference classifier recognises (probability ≥ 0.5)."""

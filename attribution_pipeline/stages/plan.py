@@ -58,12 +58,13 @@ def _fresh_plan(ids: list[str], budget: int, seed: int) -> Plan:
     return Plan(ids, budget, seed, getattr(design, "design", "paired-kernel"), [full, *sampled])
 
 
-def plan_coalitions(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> Plan:
+def plan_coalitions(cfg: PipelineConfig, layout: RunLayout) -> Plan:
     """The full coalition plus the first ``valuation.budget`` coalitions of the seeded paired design.
 
     Prefix-stable: a larger budget keeps every coalition of a smaller one. When the budget covers
     all 2^n − 2 proper coalitions, every one of them is planned (exact Shapley values).
-    Writes ``plan.json`` and upserts the ``coalitions`` table (with the empty coalition).
+    Writes ``plan.json``; the head process registers its coalitions in DuckDB
+    (``storage/index.py:ingest``).
     """
     budget, seed = cfg.valuation.budget, cfg.valuation.seed
     ids = contributor_ids(layout)
@@ -73,9 +74,6 @@ def plan_coalitions(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) 
     plan = plan_incremental(cfg, layout, budget, seed) if cfg.revaluation.policy == INCREMENTAL else None
     plan = plan or _fresh_plan(ids, budget, seed)
     plan.base_version = content_hash(layout.pruned_base_dir) if is_complete(layout.pruned_base_dir) else None
-    unique = {c.key: c for c in reversed(plan.coalitions)}  # first occurrence wins
-    rows = [c.as_row() for c in unique.values()] + [make_coalition([], "empty", -1).as_row()]
-    store.upsert("coalitions", rows)
     atomic_write_json(layout.workdir / "plan.json", {
         "contributors": plan.contributors, "budget": plan.budget, "seed": seed, "design": plan.design,
         "base_version": plan.base_version,
@@ -91,6 +89,16 @@ def read_plan(layout: RunLayout) -> Plan:
     d = json.loads(path.read_text())
     coalitions = [make_coalition(c["members"], c["kind"], i) for i, c in enumerate(d["coalitions"])]
     return Plan(d["contributors"], d["budget"], d["seed"], d["design"], coalitions, d.get("base_version"))
+
+
+def planned_coalitions(layout: RunLayout, keys: list[str]) -> dict[str, Coalition]:
+    """Members of coalition partitions, from ``plan.json`` (what a worker reads: never DuckDB)."""
+    known = {c.key: c for c in reversed(read_plan(layout).coalitions)}  # first occurrence wins
+    missing = [k for k in keys if k not in known]
+    if missing:
+        raise KeyError(f"coalition partition(s) {missing} are not in the current plan ({layout.workdir / 'plan.json'}); "
+                       "materialize `coalition_plan` first")
+    return {k: known[k] for k in keys}
 
 
 def coalitions_by_key(store: ResultStore, keys: list[str]) -> dict[str, Coalition]:

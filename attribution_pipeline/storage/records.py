@@ -76,6 +76,31 @@ def write_utility_records(run_dir: str | Path, rows: Iterable[dict[str, Any]]) -
     return path
 
 
+def _rows_of(paths: Iterable[Path], since_ns: int) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(paths):
+        try:
+            doc = json.loads(path.read_text())
+            if int(doc["written_at_ns"]) >= since_ns:
+                found.append((int(doc["written_at_ns"]),
+                              [{k: _restore(v) for k, v in r.items()} for r in doc["rows"]]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return [row for _, rows in sorted(found, key=lambda f: f[0]) for row in rows]
+
+
+def rows_in(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every row recorded under one run folder (``run_dir/utilities/*.json``), oldest record first;
+    unreadable records are skipped (``read_utility_records`` reports them)."""
+    return _rows_of((Path(run_dir) / RECORDS_DIR).glob("*.json"), 0)
+
+
+def recorded_since(folder: str | Path, since_ns: int) -> list[dict[str, Any]]:
+    """Rows recorded at or after ``since_ns`` under ``folder`` and its run folders (a coalition's
+    folder holds one per method and seed): what a round measured there, for progress lines."""
+    return _rows_of(Path(folder).glob(f"**/{RECORDS_DIR}/*.json"), since_ns)
+
+
 def read_utility_records(workdir: str | Path) -> tuple[list[UtilityRecord], list[str]]:
     """Every utility record under ``workdir``, oldest first, and a problem line per unreadable file
     (a damaged record is reported, never fatal: the others still rebuild the table)."""

@@ -23,6 +23,14 @@ from filelock import FileLock
 
 from attribution_pipeline.storage.artifacts import temp_prefix
 
+# "worker" in the runs that train, generate and score (set by the engine's launcher): they record their
+# rows beside their artifacts (``storage/records.py``) and never open DuckDB (``storage/index.py``).
+ROLE_ENV = "ATTRIBUTION_PIPELINE_ROLE"
+
+
+class WorkerStoreError(RuntimeError):
+    """A worker process tried to open the results database."""
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS contributors (
         contributor VARCHAR PRIMARY KEY,
@@ -183,6 +191,9 @@ class ResultStore:
     """
 
     def __init__(self, path: str | Path, lock_timeout_s: float = 600.0, publish: bool = True):
+        if os.environ.get(ROLE_ENV) == "worker":
+            raise WorkerStoreError(f"{ROLE_ENV}=worker: a worker never opens the results database ({path}); it "
+                                   "writes utility records beside its artifacts, which the head ingests")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
