@@ -322,19 +322,44 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from attribution_pipeline.workdir import WORKDIR_ENV, prepare_dagster_home
+    """``dagster dev`` on the work directory. A work directory last run on the ``local`` engine gets a
+    fresh local Ray for the UI's lifetime (the one its ``run`` started is gone), so that runs launched
+    from the UI, the sensor and the schedule go where the CLI's went; on ``ray`` the cluster is checked."""
+    import dataclasses
+    import subprocess
 
-    home = prepare_dagster_home(Path(args.workdir))
-    env = {**os.environ, "DAGSTER_HOME": str(home), WORKDIR_ENV: str(Path(args.workdir).resolve())}
+    from attribution_pipeline.workdir import WORKDIR_ENV, prepare_dagster_home, read_engine, write_instance
+
+    workdir = Path(args.workdir).resolve()
+    home = prepare_dagster_home(workdir)
+    env = {**os.environ, "DAGSTER_HOME": str(home), WORKDIR_ENV: str(workdir)}
     repo = Path(__file__).resolve().parent.parent
     # the dagster beside this interpreter, so `.venv/bin/attribution-pipeline ui` works unactivated
     dagster = Path(sys.executable).parent / "dagster"
     cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-w", str(repo / "workspace.yaml"),
            "-p", str(args.port)]
-    print(f"DAGSTER_HOME={home} {WORKDIR_ENV}={env[WORKDIR_ENV]} {' '.join(cmd)}")
-    os.chdir(repo)
-    os.execvpe(cmd[0], cmd, env)
-    return 1  # execvpe does not return
+    settings = read_engine(workdir)
+    print(f"DAGSTER_HOME={home} {WORKDIR_ENV}={env[WORKDIR_ENV]} {' '.join(cmd)} (engine {settings.engine})")
+    if settings.engine == "in-process":
+        os.chdir(repo)
+        os.execvpe(cmd[0], cmd, env)
+    from attribution_pipeline.engine import EngineError, LocalRay, check_cluster, engine_env
+
+    ray = LocalRay(settings.workers, settings.local_gpus) if settings.engine == "local" else None
+    try:
+        if ray is not None:
+            write_instance(workdir, dataclasses.replace(settings, address=ray.start()))
+            print(f"a local Ray for the UI's runs at {ray.address} ({settings.workers} worker(s)); stopped with the UI")
+        else:
+            check_cluster(settings.address or "(no address recorded)")
+        return subprocess.run(cmd, env=engine_env(workdir, home), cwd=repo).returncode
+    except EngineError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if ray is not None:
+            ray.stop()
 
 
 def cmd_init_data(args: argparse.Namespace) -> int:

@@ -34,8 +34,8 @@ from attribution_pipeline.engine import EngineError
 from attribution_pipeline.progress import Progress
 from attribution_pipeline.storage.index import ingest
 from attribution_pipeline.storage.results import ResultStore
-from attribution_pipeline.workdir import (EngineSettings, default_engine, prepare_dagster_home, write_instance,
-                                          write_pipeline_config)
+from attribution_pipeline.workdir import (EngineSettings, claim_round, default_engine, prepare_dagster_home,
+                                          release_round, write_instance, write_pipeline_config)
 
 MAX_STEPS = 12  # a round is base → coalitions → shapley; more means a step made no progress
 
@@ -164,6 +164,7 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, leni
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
+        claim_round(layout.workdir)  # the contributors sensor and the schedule stand aside meanwhile
         _introduce(cfg, layout, snapshot, settings, progress)
         return _round(cfg, layout, snapshot, launcher, progress, t_start, out)
     except EngineError as exc:
@@ -172,6 +173,7 @@ def run_valuation(cfg: PipelineConfig, quiet: bool = False, out=sys.stdout, leni
     finally:
         progress.end()
         launcher.close()
+        release_round(layout.workdir)
 
 
 def _introduce(cfg, layout, snapshot, settings: EngineSettings, progress: Progress) -> None:
@@ -197,7 +199,7 @@ def _round(cfg, layout, snapshot, launcher, progress: Progress, t_start: float, 
         ingest(layout.workdir, store)  # the records workers wrote: DuckDB's one writer is this process
         step = next_step(cfg, layout, store, snapshot.accepted)
         if step.kind in ("idle", "wait") or (step.kind, step.keys) == previous:
-            break
+            break  # a step that succeeded and is asked for again made no progress
         previous = (step.kind, step.keys)
         requests = step_requests(step, cfg, str(layout.workdir), snapshot.accepted, launcher.partitions())
         progress.say(f"[{step.kind}] {step.reason}" + (f": {len(requests)} run(s)" if len(requests) > 1 else ""))
@@ -209,6 +211,7 @@ def _round(cfg, layout, snapshot, launcher, progress: Progress, t_start: float, 
         failures += not ok
         if not ok and (isinstance(launcher, InProcess) or failures > 1):
             return 1
+        previous = previous if ok else None  # a failed step is asked again once, even with the same coalitions
     if step.kind != "idle":
         print(f"error: the round did not complete: {step.kind}: {step.reason}", file=sys.stderr)
         return 2 if step.kind == "wait" else 1

@@ -149,10 +149,67 @@ run_monitoring:
 """
 
 
+MANAGED_KEYS = ("telemetry", "run_coordinator", "concurrency", "run_launcher", "run_monitoring")
+
+
+def _kept_sections(path: Path) -> str:
+    """The top-level sections of an existing ``dagster.yaml`` that ``run`` does not manage (e.g. a
+    ``storage:`` on Postgres written by hand, docs/scaleout.md), as YAML text."""
+    import yaml  # PyYAML comes with Dagster
+
+    try:
+        doc = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return ""
+    kept = {k: v for k, v in (doc or {}).items() if k not in MANAGED_KEYS} if isinstance(doc, dict) else {}
+    return ("# kept from the previous dagster.yaml\n" + yaml.safe_dump(kept, sort_keys=False)) if kept else ""
+
+
 def write_instance(workdir: str | Path, settings: EngineSettings) -> Path:
-    """Write ``engine.json`` and ``dagster.yaml`` into the work directory's Dagster home."""
+    """Write ``engine.json`` and ``dagster.yaml`` into the work directory's Dagster home; sections of
+    ``dagster.yaml`` that the engine does not manage (storage, compute logs) are kept."""
     home = RunLayout.at(workdir).dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(home / "dagster.yaml", instance_yaml(workdir, settings).encode())
+    text = instance_yaml(workdir, settings) + _kept_sections(home / "dagster.yaml")
+    atomic_write_bytes(home / "dagster.yaml", text.encode())
     atomic_write_bytes(engine_file(workdir), settings.to_json().encode())
     return home
+
+
+# --- who drives the round: `run` claims it so that the sensor and schedule stand aside -------------
+
+def _driver_file(workdir: str | Path) -> Path:
+    return RunLayout.at(workdir).dagster_home / "round_driver.json"
+
+
+def claim_round(workdir: str | Path) -> None:
+    """Record that this process (``attribution-pipeline run``) drives the work directory's round:
+    between its steps no run is in flight, and the contributors sensor would otherwise request the
+    same step (``round_driver``)."""
+    import socket
+
+    doc = {"pid": os.getpid(), "host": socket.gethostname()}
+    atomic_write_bytes(_driver_file(workdir), (json.dumps(doc) + "\n").encode())
+
+
+def release_round(workdir: str | Path) -> None:
+    _driver_file(workdir).unlink(missing_ok=True)
+
+
+def round_driver(workdir: str | Path) -> str | None:
+    """``"pid N on HOST"`` while a live ``run`` drives the round; None otherwise (a claim whose
+    process is gone on this host is stale)."""
+    import socket
+
+    try:
+        doc = json.loads(_driver_file(workdir).read_text())
+    except (OSError, ValueError):
+        return None
+    if doc.get("host") == socket.gethostname():
+        try:
+            os.kill(int(doc["pid"]), 0)
+        except (ProcessLookupError, ValueError, KeyError, TypeError):
+            return None
+        except PermissionError:
+            pass
+    return f"pid {doc.get('pid')} on {doc.get('host')}"

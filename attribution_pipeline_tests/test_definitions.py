@@ -89,3 +89,22 @@ def test_jobs_carry_the_engines_ray_request_and_training_holds_the_gpu_pool(tmp_
     yaml = instance_yaml(work, settings)
     assert "ATTRIBUTION_PIPELINE_ROLE=worker" in yaml and "default_limit: 3" in yaml and "QueuedRunCoordinator" in yaml
     assert "num_gpus" not in yaml  # a tag of 0 cannot override an instance default: GPUs only by job tag
+
+
+def test_a_hand_written_storage_section_survives_a_change_of_engine(tmp_path):
+    """docs/scaleout.md: Postgres storage is added by hand to dagster.yaml; ``run`` rewrites only the
+    sections it manages (queue, pool, launcher, monitoring)."""
+    import yaml
+
+    from attribution_pipeline.workdir import EngineSettings, write_instance
+
+    home = write_instance(tmp_path, EngineSettings(engine="ray", workers=2, address="http://head:8265"))
+    storage = {"postgres": {"postgres_url": "postgresql://dagster@head/dagster"}}
+    (home / "dagster.yaml").write_text((home / "dagster.yaml").read_text() + yaml.safe_dump({"storage": storage}))
+    write_instance(tmp_path, EngineSettings())  # back to in-process: no launcher, no queue
+    doc = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert doc["storage"] == storage and "run_launcher" not in doc and "run_coordinator" not in doc
+    write_instance(tmp_path, EngineSettings(engine="ray", workers=4, address="http://head:8265"))
+    doc = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert doc["storage"] == storage and doc["concurrency"]["pools"]["default_limit"] == 4
+    assert doc["run_launcher"]["config"]["ray"]["address"] == "http://head:8265"

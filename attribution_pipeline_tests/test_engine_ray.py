@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import threading
 import time
@@ -148,9 +149,12 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, ray_addr
     def kill_first_coalition_worker():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
-            # the run's worker: Ray's shell and the `dagster api execute_run` Python process under it
+            # one run's worker: Ray's shell and the `dagster api execute_run` Python process under it
             procs = [p for p in _ours("execute_run") if '"pipeline_name": "coalitions"' in " ".join(p.cmdline())
                      and str(tmp_path) in " ".join(p.cmdline())]
+            run_ids = sorted({re.search(r'"pipeline_run_id": "([0-9a-f-]+)"', " ".join(p.cmdline())).group(1)
+                              for p in procs})
+            procs = [p for p in procs if run_ids and run_ids[0] in " ".join(p.cmdline())]
             if procs:
                 time.sleep(2.0)  # mid-run: torch loaded, training under way
                 for proc in procs:
@@ -189,3 +193,20 @@ def test_a_cluster_that_is_down_is_named_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"no Ray cluster answers at http://127.0.0.1:{port}" in err
     assert not (tmp_path / "work" / "models").exists() and not (tmp_path / "work" / "attribution.duckdb").exists()
+
+
+def test_a_cli_round_keeps_the_sensor_aside_while_its_process_lives(tmp_path):
+    """Between two steps of `run` nothing is in flight; the claim tells the sensor and the schedule
+    that the CLI requests the next step (the daemon `run` starts evaluates the sensor too)."""
+    import subprocess
+    import sys
+
+    from attribution_pipeline.workdir import _driver_file, claim_round, release_round, round_driver
+
+    claim_round(tmp_path)
+    assert round_driver(tmp_path) == f"pid {os.getpid()} on {os.uname().nodename}"
+    release_round(tmp_path)
+    assert round_driver(tmp_path) is None
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _driver_file(tmp_path).write_text(f'{{"pid": {int(gone.stdout)}, "host": "{os.uname().nodename}"}}')
+    assert round_driver(tmp_path) is None  # a claim whose process is gone is stale

@@ -50,7 +50,7 @@ def test_sigkill_mid_finetune_then_rerun_loses_and_duplicates_nothing(tmp_path):
     work = tmp_path / "work"
     exe = Path(sys.executable).parent / "attribution-pipeline"
     cmd = [str(exe), "run", "--contributors", str(contributors), "--workdir", str(work), "--preset", str(preset),
-           "--budget", "6"]
+           "--budget", "6", "--verbose"]  # --verbose: the per-coalition INFO lines of the in-process run
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)

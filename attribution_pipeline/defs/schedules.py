@@ -19,6 +19,7 @@ from attribution_pipeline.defs.resources import PipelineResource
 from attribution_pipeline.defs.sensors import in_flight, round_requests
 from attribution_pipeline.inputs import MissingInputError
 from attribution_pipeline.stages import data_versions, read_contributors, take_snapshot
+from attribution_pipeline.workdir import round_driver
 
 SCHEDULE_NAME = "revaluation_schedule"
 DEFAULT_CRON = "0 3 * * 1"
@@ -35,6 +36,9 @@ def build_revaluation_schedule(cfg: PipelineConfig, base_job) -> dg.ScheduleDefi
         busy = in_flight(context.instance)
         if busy:
             return dg.SkipReason(f"a round is in flight: {', '.join(busy)}")
+        driver = round_driver(pipeline.directory())
+        if driver:
+            return dg.SkipReason(f"`attribution-pipeline run` ({driver}) drives a round")
         live = pipeline.config()
         try:
             snapshot = take_snapshot(live, lenient=True)

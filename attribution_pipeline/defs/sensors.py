@@ -41,6 +41,7 @@ from attribution_pipeline.defs.partitions import UNFINISHED_STATUSES, coalition_
 from attribution_pipeline.defs.requests import deduplicated, step_requests
 from attribution_pipeline.defs.resources import PipelineResource
 from attribution_pipeline.stages import next_step
+from attribution_pipeline.workdir import round_driver
 
 SENSOR_NAME = "contributors_sensor"
 # A run still unfinished this long after its creation is presumed dead (a killed `attribution-pipeline
@@ -92,6 +93,10 @@ def _evaluate(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -
     busy = in_flight(context.instance)
     if busy:
         return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason(f"waiting for {', '.join(busy)}"))
+    driver = round_driver(pipeline.directory())
+    if driver:  # between two steps of a CLI round nothing is in flight, but the CLI requests the next one
+        return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason(
+            f"`attribution-pipeline run` ({driver}) drives this round"))
     requests, reason = round_requests(context, live, pipeline, watch.accepted,
                                       [contributor_id(name) for name in watch.rejected])
     if not requests:
