@@ -16,6 +16,7 @@ import dagster as dg
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.stages import read_plan
 from attribution_pipeline.storage.artifacts import hash_folder, is_complete, read_manifest
+from attribution_pipeline.storage.index import ingest
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline_tests.conftest import TINY_OVERRIDES, write_digit_contributors
 from attribution_pipeline_tests.test_cli import _toml
@@ -129,7 +130,9 @@ def test_four_coalitions_in_parallel_lose_no_rows_and_hit_no_lock(tiny_config):
         p.join(60)
     assert all(ok for _, ok, _ in results), results
     assert not any("lock" in " ".join(errs).lower() for _, _, errs in results)
-    util = ResultStore(layout.database).query(
+    store = ResultStore(layout.database)
+    ingest(layout.workdir, store)  # the workers left records; the head indexes them
+    util = store.query(
         "SELECT coalition_key, count(*) AS n FROM utilities WHERE method = 'sft' AND coalition_key <> 'empty' GROUP BY ALL")
     assert dict(zip(util["coalition_key"], util["n"])) == {k: 2 for k in keys}
     done = instance.get_materialized_partitions(dg.AssetKey("coalition_utilities"))
