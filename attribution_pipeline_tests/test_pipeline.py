@@ -1,6 +1,7 @@
 """The whole asset graph, materialized through Dagster in-process on a tiny configuration."""
 
 import io
+import json
 
 import dagster as dg
 import numpy as np
@@ -119,10 +120,13 @@ def test_asset_checks_pass_on_a_valuation_and_fail_on_tampered_results(tiny_conf
     store = ResultStore(layout.database)
     assert _check_results(defs.resolve_job_def("shapley").execute_in_process(instance=instance)) == {
         "shapley_efficiency": True}
-    # tampered results: a Shapley value that breaks efficiency, a NaN utility
+    # tampered results: a Shapley value that breaks efficiency, a NaN in v(∅)'s record (the base
+    # run's check reads the records its worker wrote, never DuckDB)
     store.delete_where("shapley_values", "contributor = 'digit_0' AND estimator = 'kernelshap'")
-    store.upsert("utilities", [{"coalition_key": "c-bogus", "property": "quality", "value": float("nan"),
-                                "method": "sft", "seed": 0, "elapsed_s": 0.0}])
+    (record,) = layout.untrained_images_dir.parent.glob("utilities/*.json")
+    doc = json.loads(record.read_text())
+    doc["rows"][0]["value"] = {"float": "nan"}
+    record.write_text(json.dumps(doc))
     check_job = dg.define_asset_job("only_checks", selection=dg.AssetSelection.checks_for_assets(
         "shapley_values", "empty_coalition_utilities"))
     defs2 = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[check_job],
