@@ -13,6 +13,7 @@ from attribution_pipeline.coalitions import EMPTY_KEY
 from attribution_pipeline.runner import run_valuation
 from attribution_pipeline.stages import gather_pool, read_plan
 from attribution_pipeline.stages.round import split_work
+from attribution_pipeline.storage.index import ingest
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline_tests.conftest import write_digit_contributors
 
@@ -72,6 +73,7 @@ def test_sensor_registers_a_newcomer_then_requests_exactly_the_missing_coalition
     tick.execute(base.run_requests[0])
 
     layout, store = tick.layout, ResultStore(tick.layout.database)
+    ingest(layout.workdir, store)  # what the workers recorded, as the head indexes it before deciding
     missing = [k for k in gather_pool(cfg, layout, store).missing if k != EMPTY_KEY]
     plan = read_plan(layout)
     with_new = {c.key for c in plan.coalitions if "digit_4" in c.members}
