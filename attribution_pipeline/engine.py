@@ -45,8 +45,8 @@ def _free_port() -> int:
 
 class LocalRay:
     """A Ray started in this process for ``workers`` runs at once (``gpus``: the GPUs it declares;
-    None lets Ray count this machine's); ``address`` is its job-submission (dashboard) URL. ``stop`` (or leaving the
-    ``with`` block) shuts down exactly what ``ray.init`` started."""
+    None lets Ray count this machine's); ``address`` is its job-submission (dashboard) URL; ``stop``
+    shuts down exactly what ``ray.init`` started."""
 
     def __init__(self, workers: int, gpus: int | None = None):
         self.workers, self.gpus = max(1, int(workers)), gpus
@@ -75,13 +75,6 @@ class LocalRay:
         if self._temp:
             shutil.rmtree(self._temp, ignore_errors=True)
             self._temp = None
-
-    def __enter__(self) -> "LocalRay":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def check_cluster(address: str, timeout_s: float = 10.0) -> None:
@@ -153,13 +146,6 @@ class Daemon:
         except ProcessLookupError:
             pass
         self.proc = None
-
-    def __enter__(self) -> "Daemon":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def launch(job: str, run_id: str, run_config: dict, tags: dict, env: dict[str, str],
