@@ -118,8 +118,9 @@ def report(one: dict, two: dict, same: dict, quick: bool) -> str:
         f"- 2 workers: {two['summary']}",
         "",
         "The base (instruments, full model, pruned base) is one run and trains in one process, so it does not "
-        "speed up with workers; the coalitions do. Ray itself starts in about 10 s; each `dagster job launch` "
-        "loads the code location (about 9 s, the launches of a step run in parallel).",
+        "speed up with workers; the coalitions do. One measurement per setting, on a shared machine: the ratio "
+        "carries the machine's noise (no interval), and the overhead figure of cifar20 applies this machine's "
+        "per-run cost to a cost model, not a GPU measurement.",
     ]
     return "\n".join(lines) + "\n"
 
