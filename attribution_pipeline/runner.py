@@ -10,6 +10,7 @@ outside ``defs/`` that imports Dagster.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -77,7 +78,10 @@ class InProcess:
     (``--engine in-process``: debugging and the test suite)."""
 
     def __init__(self, workdir, verbose: bool):
-        self.instance = dg.DagsterInstance.from_config(str(prepare_dagster_home(workdir)))
+        # entered for the launcher's lifetime: Dagster then reads definitions state through this live
+        # instance, not through whatever instance an earlier caller in this process left current
+        self._stack = contextlib.ExitStack()
+        self.instance = self._stack.enter_context(dg.DagsterInstance.from_config(str(prepare_dagster_home(workdir))))
         self.defs = build_definitions(str(workdir))
         self.log_cfg = {"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}}
         logging.getLogger("dagster").setLevel(logging.WARNING)
@@ -111,7 +115,7 @@ class InProcess:
         return self.instance.get_dynamic_partitions(coalition_partitions.name)
 
     def close(self) -> None:
-        pass
+        self._stack.close()
 
 
 def _prepare(cfg: PipelineConfig, lenient: bool, out):
@@ -232,7 +236,10 @@ def run_evaluation(cfg: PipelineConfig, assets: tuple[str, ...] = ("lds_results"
     write_pipeline_config(cfg)
     t0 = time.perf_counter()
     launcher = InProcess(layout.workdir, verbose=False)
-    result = launcher.execute(EVALUATION_JOB, asset_selection=[dg.AssetKey(a) for a in assets])
+    try:
+        result = launcher.execute(EVALUATION_JOB, asset_selection=[dg.AssetKey(a) for a in assets])
+    finally:
+        launcher.close()
     if not result.success:
         return 1
     _print_evaluation(ResultStore(layout.database), assets, out)

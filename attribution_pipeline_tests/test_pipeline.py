@@ -146,7 +146,7 @@ def test_a_rescore_only_run_counts_only_its_own_work(tiny_config):
     assert run_valuation(cfg.override({"valuation": {"properties": ["diversity", "quality"]}}), out=out) == 0
     line = next(x for x in out.getvalue().splitlines() if x.startswith("coalitions:"))
     m = re.search(r"coalitions: (\d+) measured, (\d+) model\(s\) trained \(([0-9.]+)s\), (\d+) image set\(s\) "
-                  r"generated \(([0-9.]+)s\), scoring ([0-9.]+)s; (\d+) read their model from cache; wall ([0-9.]+)s, "
+                  r"generated \(([0-9.]+)s\), scoring ([0-9.]+)s; (\d+) read their model from cache; wall ([0-9.]+)s on 1 worker\(s\), "
                   r"orchestration overhead (-?[0-9.]+)%", line)
     assert m, line
     measured, trained, _, generated, _, scoring, cached, wall, overhead = m.groups()

@@ -24,6 +24,7 @@ from attribution_pipeline.stages import (
     train_full_model,
 )
 from attribution_pipeline.storage.artifacts import read_manifest
+from attribution_pipeline.storage.index import ingest
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline_tests.tiny_models import (
     PALETTE,
@@ -54,7 +55,8 @@ def run_stages(cfg: PipelineConfig) -> tuple[RunLayout, ResultStore]:
     build_property_reference(cfg, layout)
     train_full_model(cfg, layout)
     prune_base_model(cfg, layout)
-    plan = plan_coalitions(cfg, layout, store)
+    plan = plan_coalitions(cfg, layout)
+    ingest(layout.workdir, store)  # the plan's coalitions, indexed as the head does
     measure_empty_coalition(cfg, layout, store)
     for coalition in plan.coalitions:
         measure_utility(cfg, layout, store, coalition)

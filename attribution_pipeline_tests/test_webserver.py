@@ -16,6 +16,7 @@ import pytest
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.runner import run_valuation
 from attribution_pipeline.stages import read_plan
+from attribution_pipeline.storage.index import ingest
 from attribution_pipeline.storage.results import ResultStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +101,7 @@ def test_webserver_loads_location_and_materializes_a_coalition_partition(valued_
                 break
             time.sleep(2)
         assert run_status == "SUCCESS"
+        ingest(layout.workdir, store)  # the run's worker recorded its rows; the head indexes them
         rows = store.query("SELECT property FROM utilities WHERE coalition_key = ? AND method = 'ft'", [key])
         assert set(rows["property"]) == {"quality", "diversity"}
     finally:
