@@ -115,6 +115,9 @@ class TrainConfig:
     warmup_steps: int = 100  # linear warm-up, then cosine decay to 10% of lr
     ema_decay: float = 0.999  # EMA of the weights; the EMA weights are what is saved and sampled
     seed: int = 0
+    # equal slices of each batch whose gradients are summed in order (models/shards.py): on a CPU
+    # engine with several workers they train in that many processes at once, with the same numbers
+    shards: int = 1
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class PruneConfig:
     batch_size: int = 128
     ema_decay: float = 0.999
     seed: int = 0
+    shards: int = 1  # as train.shards, for the pruned model's fine-tune
 
 
 @dataclass(frozen=True)
@@ -402,6 +406,12 @@ def structural_problems(cfg: "PipelineConfig") -> list[str]:
     if cron is not None and len(str(cron).split()) != 5:  # Dagster checks the fields' values
         out.append(problem("revaluation.cron", cron, "a valid cron string (five fields, e.g. '0 3 * * 1') or null",
                            "--set 'revaluation.cron=\"0 3 * * 1\"' (or null to turn it off)"))
+    for section in ("train", "prune"):
+        part = getattr(cfg, section)
+        if part.shards < 1 or part.batch_size % part.shards:
+            out.append(problem(f"{section}.shards", part.shards,
+                               f"an integer >= 1 that divides {section}.batch_size ({part.batch_size})",
+                               f"--set {section}.shards=1"))
     if m.lora_rank < 1:
         out.append(problem("model.lora_rank", m.lora_rank, "an integer >= 1", "--set model.lora_rank=4"))
     if not 0.0 <= cfg.properties.aesthetic_quantile <= 1.0:

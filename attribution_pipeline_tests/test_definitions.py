@@ -89,6 +89,13 @@ def test_jobs_carry_the_engines_ray_request_and_training_holds_the_gpu_pool(tmp_
     yaml = instance_yaml(work, settings)
     assert "ATTRIBUTION_PIPELINE_ROLE=worker" in yaml and "default_limit: 3" in yaml and "QueuedRunCoordinator" in yaml
     assert "num_gpus" not in yaml  # a tag of 0 cannot override an instance default: GPUs only by job tag
+    # a local CPU engine gives the base run (alone in its step) every core and says so to its training loop
+    write_instance(work, EngineSettings(engine="local", workers=2, address="http://127.0.0.1:8265"))
+    local = {j.name: json.loads(j.tags[RAY_TAG]) for j in build_definitions(str(work)).resolve_all_job_defs()
+             if not j.name.startswith("__")}
+    assert local["coalitions"] == {"num_cpus": 1}
+    assert local["valuation_base"]["num_cpus"] == 2
+    assert {"ATTRIBUTION_PIPELINE_PROCESSES=2", "ATTRIBUTION_PIPELINE_ROLE=worker"} <= set(local["valuation_base"]["env_vars"])
 
 
 def test_a_hand_written_storage_section_survives_a_change_of_engine(tmp_path):

@@ -34,6 +34,23 @@ def test_training_lowers_the_loss_and_is_reproducible(digits):
     assert r1.losses == r2.losses
 
 
+def test_batch_slices_give_the_same_model_in_one_process_or_two(digits):
+    """models/shards.py: the base model trains its batch slices in as many processes as the engine
+    grants; the weights, the EMA and every loss must not depend on that count, bit for bit. Two
+    slices in one process are a different (equally valid) float sum than one whole batch, so that
+    pair differs in the last bits (its losses agree to 1e-5)."""
+    kwargs = dict(steps=25, batch_size=32, lr=2e-3, seed=4, warmup_steps=3)
+    whole = train_diffusion(build_unet(TINY, seed=2), digits, TINY, **kwargs)
+    one = train_diffusion(build_unet(TINY, seed=2), digits, TINY, shards=2, processes=1, **kwargs)
+    two = train_diffusion(build_unet(TINY, seed=2), digits, TINY, shards=2, processes=2, **kwargs)
+    assert one.losses == two.losses
+    assert all(torch.equal(p, q) for p, q in zip(one.model.parameters(), two.model.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(one.model.parameters(), whole.model.parameters()))
+    assert max(abs(a - b) for a, b in zip(one.losses, whole.losses)) < 1e-5
+    with pytest.raises(ValueError, match="divide batch_size"):
+        train_diffusion(build_unet(TINY), digits, TINY, shards=3, **kwargs)
+
+
 def test_ema_modes_differ_and_none_returns_raw_weights(digits):
     start = build_unet(TINY, seed=3)
     w0 = [p.detach().clone() for p in start.parameters()]

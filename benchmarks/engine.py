@@ -12,6 +12,10 @@ Writes benchmarks/results/engine.md and engine.json (``-quick`` suffix with --qu
    metadata), divided by the coalitions in the run; against the mean coalition's work here, and
    against a paper-scale coalition on the cifar20 preset (cost model: 10 GPU-minutes, the low end of
    the 10–20 GPU-minutes per coalition in docs/scaleout.md), where the same per-run overhead applies.
+3. The base model's training step on its own (the default's full UNet, batch 128, one torch thread per
+   process): the whole batch in one process (``train.shards = 1``), two slices in one process (what
+   the 1-worker run does) and two slices in two processes (the 2-worker run): ms per step, so the
+   price the slices cost a single worker is stated, not hidden in the ratio.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def run_cli(workdir: Path, workers: int, quick: bool) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     summary = [line for line in proc.stdout.splitlines() if line.startswith("coalitions:")]
     return {"workers": workers, "command": " ".join(cmd[1:]), "wall_s": round(wall, 1),
-            "summary": summary[0] if summary else "", **run_records(workdir)}
+            "summary": summary[0] if summary else "", "base_steps": base_steps(workdir), **run_records(workdir)}
 
 
 def run_records(workdir: Path) -> dict:
@@ -81,6 +85,42 @@ def run_records(workdir: Path) -> dict:
             "work_per_coalition_s": round(sum(works) / len(works), 2) if works else None}
 
 
+def base_steps(workdir: Path) -> dict:
+    """Seconds of each step of the base run (full model, pruned base, …)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(workdir / "dagster_home"))
+    runs = [r for r in instance.get_runs() if r.job_name == "valuation_base"]
+    return {s.step_key: round(s.end_time - s.start_time, 1) for r in runs for s in instance.get_run_step_stats(r.run_id)
+            if s.end_time and s.start_time and s.end_time - s.start_time >= 1.0}
+
+
+def step_costs(quick: bool) -> dict:
+    """ms per training step of the default's full UNet: whole batch, 2 slices × 1 process, 2 × 2."""
+    import torch
+
+    from attribution_pipeline.config import PipelineConfig, load_preset
+    from attribution_pipeline.models.registry import get_backend
+    from attribution_pipeline.models.train import train_diffusion
+
+    torch.set_num_threads(1)
+    cfg = PipelineConfig.from_dict(load_preset("digits"))
+    backend = get_backend(cfg)
+    images = torch.rand(512, 1, cfg.model.sample_size, cfg.model.sample_size) * 2 - 1
+    out = {}
+    for name, shards, processes in (("whole batch, 1 process", 1, 1), ("2 slices, 1 process", 2, 1),
+                                    ("2 slices, 2 processes", 2, 2)):
+        per = []
+        for steps in ((5, 15) if quick else (20, 120)):  # the difference cancels start-up (spawning helpers)
+            t0 = time.perf_counter()
+            train_diffusion(backend.build(seed=0), images, backend.unet_cfg, steps=steps, batch_size=cfg.train.batch_size,
+                            lr=1e-3, seed=0, shards=shards, processes=processes)
+            per.append((steps, time.perf_counter() - t0))
+        (s0, t0_), (s1, t1_) = per
+        out[name] = {"ms_per_step": round(1000 * (t1_ - t0_) / (s1 - s0), 1), "start_s": round(t0_ - s0 * (t1_ - t0_) / (s1 - s0), 1)}
+    return out
+
+
 def values(workdir: Path) -> dict:
     import duckdb
 
@@ -91,7 +131,7 @@ def values(workdir: Path) -> dict:
     return {"utilities": utilities, "shapley": shapley}
 
 
-def report(one: dict, two: dict, same: dict, quick: bool) -> str:
+def report(one: dict, two: dict, same: dict, steps: dict, quick: bool) -> str:
     ratio = two["wall_s"] / one["wall_s"]
     over, work = two["overhead_per_coalition_s"], two["work_per_coalition_s"]
     lines = [
@@ -117,10 +157,21 @@ def report(one: dict, two: dict, same: dict, quick: bool) -> str:
         f"- 1 worker: {one['summary']}",
         f"- 2 workers: {two['summary']}",
         "",
-        "The base (instruments, full model, pruned base) is one run and trains in one process, so it does not "
-        "speed up with workers; the coalitions do. One measurement per setting, on a shared machine: the ratio "
-        "carries the machine's noise (no interval), and the overhead figure of cifar20 applies this machine's "
-        "per-run cost to a cost model, not a GPU measurement.",
+        f"- base run steps (s), 1 worker: {json.dumps(one['base_steps'], sort_keys=True)}",
+        f"- base run steps (s), 2 workers: {json.dumps(two['base_steps'], sort_keys=True)}",
+        "",
+        "The base (instruments, full model, pruned base) is one run; on the local engine it gets every worker, and "
+        "its two trainings compute each batch in two slices (`train.shards = prune.shards = 2` in the default), in "
+        "two processes on 2 workers and one after another on 1, with bit-identical results. What the slices cost a "
+        "single worker, per training step of the full UNet (batch 128, one thread per process; `start` = spawning "
+        "the helper):",
+        "",
+        "| variant | ms / step | start (s) |",
+        "|---|---|---|",
+        *(f"| {name} | {v['ms_per_step']} | {v['start_s']} |" for name, v in steps.items()),
+        "",
+        "One measurement per setting, on a shared machine: the ratio carries the machine's noise (no interval), and "
+        "the overhead figure of cifar20 applies this machine's per-run cost to a cost model, not a GPU measurement.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -137,10 +188,12 @@ def main() -> None:
     v1, v2 = values(base / "w1"), values(base / "w2")
     same = {"utilities": v1["utilities"] == v2["utilities"], "shapley": v1["shapley"] == v2["shapley"],
             "n_utilities": len(v1["utilities"]), "n_shapley": len(v1["shapley"])}
+    steps = step_costs(args.quick)
+    print(f"step costs: {steps}", flush=True)
     suffix = "-quick" if args.quick else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"engine{suffix}.json").write_text(json.dumps({"one": one, "two": two, "same": same}, indent=1) + "\n")
-    text = report(one, two, same, args.quick)
+    (RESULTS / f"engine{suffix}.json").write_text(json.dumps({"one": one, "two": two, "same": same, "step_costs": steps}, indent=1) + "\n")
+    text = report(one, two, same, steps, args.quick)
     (RESULTS / f"engine{suffix}.md").write_text(text)
     print(text)
 

@@ -96,13 +96,13 @@ class DDPMBackend:
 
     def train(self, model: torch.nn.Module, data: Data, *, steps: int, batch_size: int, lr: float, seed: int,
               warmup_steps: int = 0, ema: str = "reset", ema_decay: float = 0.999, progress: Progress | None = None,
-              progress_every: int = 100) -> TrainResult:
+              progress_every: int = 100, shards: int = 1, processes: int = 1) -> TrainResult:
         """``train.train_diffusion`` on ``data.x`` on this run's device and precision, with this
-        family's hooks (``loop_hooks``)."""
+        family's hooks (``loop_hooks``); ``shards``/``processes`` as there."""
         return train_diffusion(model, data.x, self.unet_cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay, progress=progress,
                                progress_every=progress_every, device=self.device, precision=self.precision,
-                               **self.loop_hooks(model, data))
+                               shards=shards, processes=processes, **self.loop_hooks(model, data))
 
     def loop_hooks(self, model: torch.nn.Module, data: Data) -> dict[str, Any]:
         """This family's keyword hooks of ``train_diffusion`` (``predict``, ``scheduler``,

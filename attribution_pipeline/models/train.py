@@ -24,6 +24,7 @@ from diffusers.training_utils import EMAModel
 from attribution_pipeline.config import ModelConfig
 from attribution_pipeline.models.hardware import autocast
 from attribution_pipeline.models.unet import noise_scheduler
+from attribution_pipeline.models import shards as sharding
 
 ProgressFn = Callable[[int, int, float], None]  # (step, total steps, recent mean loss)
 # (model, noisy x_t (B, C, H, W), timesteps (B,) int64, rows (B,) int64 CPU indices into the
@@ -124,7 +125,8 @@ def train_diffusion(
     lr: float, seed: int, warmup_steps: int = 0, ema: str = "reset", ema_decay: float = 0.999,
     progress: ProgressFn | None = None, progress_every: int = 100, device: str | torch.device = "cpu",
     precision: str = "fp32", predict: PredictFn = unconditional, scheduler: DDPMScheduler | None = None,
-    parameters: Iterable[torch.nn.Parameter] | None = None, weight_decay: float = 0.0,
+    parameters: Iterable[torch.nn.Parameter] | None = None, weight_decay: float = 0.0, shards: int = 1,
+    processes: int = 1, member: tuple[int, int, str] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``images`` (float ``(N,C,H,W)``: pixels in [-1, 1] or scaled
     latents) for ``steps`` steps of ``batch_size`` rows.
@@ -140,8 +142,15 @@ def train_diffusion(
     conditioning); ``parameters`` are what the optimizer and the EMA see (default: all of the
     model's); ``weight_decay`` is AdamW's decoupled decay (0 = plain Adam). ``precision`` "bf16"
     runs each forward pass under bf16 autocast; weights, gradients and the loss stay float32.
+
+    ``shards`` > 1 splits each step's batch into that many equal slices whose gradients are computed
+    separately and summed in slice order (``models/shards.py``); ``processes`` > 1 computes the slices
+    in that many processes at once on the CPU. The result is bit-identical for every ``processes``:
+    parallelism is an optimisation, never a change of the numbers (1 = today's single-slice loop).
+    ``member`` is set only inside those helper processes.
     """
     _check(images, ema, steps)
+    sharding.check(batch_size, shards)
     if scheduler is None:
         if model_cfg is None:
             raise ValueError("train_diffusion needs model_cfg or a noise scheduler")
@@ -156,24 +165,43 @@ def train_diffusion(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup_steps, steps))
     ema_model = _ema(params, ema, ema_decay)
     losses: list[float] = []
-    for _ in range(steps):
-        idx, x0, noise, t = _batch(images, gen, batch_size, n_t)
-        x0, noise, t = x0.to(device), noise.to(device), t.to(device)
-        xt = scheduler.add_noise(x0, noise, t)
-        # autocast around the forward only, entered afresh each step: autocast keeps its bf16 copies
-        # of the weights until the outermost context exits, so one context around the whole loop
-        # would run every forward on the first step's weights
-        with autocast(device, precision):
-            pred = predict(model, xt, t, idx)
-        loss = F.mse_loss(pred.float(), prediction_target(scheduler, x0, noise, t))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if ema_model is not None:
-            ema_model.step(params)
-        losses.append(float(loss.detach()))
-        _report(progress, losses, steps, progress_every)
+    # the slices may run in helper processes: on the CPU, for a model trained whole with the default
+    # forward (what a spawned process can rebuild from a pickle); the numbers are the same either way
+    parallel = (member is None and shards > 1 and processes > 1 and torch.device(device).type == "cpu"
+                and parameters is None and predict is unconditional)
+    helper = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, warmup_steps=warmup_steps, ema="none",
+                  device="cpu", precision=precision, scheduler=scheduler, weight_decay=weight_decay, shards=shards)
+    with sharding.group(shards, member, processes if parallel else 1, train_diffusion, (model, images, model_cfg),
+                        helper) as slices:
+        for _ in range(steps):
+            idx, x0, noise, t = _batch(images, gen, batch_size, n_t)
+            x0, noise, t = x0.to(device), noise.to(device), t.to(device)
+            xt = scheduler.add_noise(x0, noise, t)
+            if shards == 1:
+                # autocast around the forward only, entered afresh each step: autocast keeps its bf16
+                # copies of the weights until the outermost context exits, so one context around the
+                # whole loop would run every forward on the first step's weights
+                with autocast(device, precision):
+                    pred = predict(model, xt, t, idx)
+                loss = F.mse_loss(pred.float(), prediction_target(scheduler, x0, noise, t))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                loss_value = float(loss.detach())
+            else:
+                target = prediction_target(scheduler, x0, noise, t)
+
+                def slice_loss(rows: slice) -> torch.Tensor:
+                    with autocast(device, precision):
+                        pred = predict(model, xt[rows], t[rows], idx[rows])
+                    return F.mse_loss(pred.float(), target[rows])
+
+                loss_value = slices.gradients(params, slice_loss, batch_size)
+            opt.step()
+            sched.step()
+            if ema_model is not None:
+                ema_model.step(params)
+            losses.append(loss_value)
+            _report(progress, losses, steps, progress_every)
     if ema_model is not None and steps > 0:
         ema_model.copy_to(params)
     model.eval()

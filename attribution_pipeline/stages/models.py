@@ -13,6 +13,7 @@ from attribution_pipeline import versions
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.layout import RunLayout, content_hash, current_signature, signature
 from attribution_pipeline.models.registry import get_backend
+from attribution_pipeline.models.shards import processes_allowed
 from attribution_pipeline.stages.contributors import contributor_ids, data_versions, read_contributors
 from attribution_pipeline.stages.lineage import base_decision, full_model_signature
 from attribution_pipeline.stages.result import Log, StageResult, progress, quiet
@@ -31,7 +32,8 @@ def train_from_scratch(cfg: PipelineConfig, data, seed: int, log: Log, what: str
     backend, t = get_backend(cfg), cfg.train
     return backend.train(backend.build(seed=seed), data, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
                          seed=seed, warmup_steps=t.warmup_steps, ema="reset", ema_decay=t.ema_decay,
-                         progress=progress(log, what), progress_every=progress_every)
+                         progress=progress(log, what), progress_every=progress_every, shards=t.shards,
+                         processes=processes_allowed())
 
 
 def train_full_model(cfg: PipelineConfig, layout: RunLayout, log: Log = quiet) -> StageResult:
@@ -77,6 +79,7 @@ def prune_base_model(cfg: PipelineConfig, layout: RunLayout, log: Log = quiet) -
     result = backend.train(
         model, train_data, steps=p.finetune_steps, batch_size=p.batch_size, lr=p.finetune_lr,
         seed=p.seed, ema="reset", ema_decay=p.ema_decay, progress=progress(log, "pruned base fine-tune"),
+        shards=p.shards, processes=processes_allowed(),
     )
     # rebuilt: fine-tuned on the current data, so signed with it (under either policy)
     meta = {"inputs_signature": pruned_base_signature(cfg, full_hash, data["content_hash"]),
