@@ -21,6 +21,10 @@ def test_partition_runs_groups_contiguous_keys():
     order = list("abcdefgh")
     assert partition_runs(["b", "c", "d", "g"], order, 2) == [("b", "c", 2), ("d", "d", 1), ("g", "g", 1)]
     assert partition_runs([], order, 4) == []
+    # a stretch is split evenly: runs in parallel end together
+    assert [n for _, _, n in partition_runs(list(order), order, 3)] == [3, 3, 2]
+    assert [n for _, _, n in partition_runs([f"k{i:02d}" for i in range(60)], [f"k{i:02d}" for i in range(60)], 16)] \
+        == [15, 15, 15, 15]
 
 
 @pytest.fixture

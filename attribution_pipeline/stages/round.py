@@ -92,22 +92,27 @@ def gather_pool(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> P
 
 
 def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) -> list[tuple[str, str, int]]:
-    """Group missing keys into (first, last, count) ranges contiguous in the partition order,
-    each of at most ``per_run`` keys."""
+    """Group missing keys into (first, last, count) ranges contiguous in the partition order, each of
+    at most ``per_run`` keys: a contiguous stretch of n keys becomes ceil(n / per_run) ranges of
+    near-equal size (60 keys at 16 per run: 15, 15, 15, 15, not 16, 16, 16, 12), so runs that go in
+    parallel end together."""
     position = {k: i for i, k in enumerate(ordered_keys)}
     idx = sorted(position[k] for k in missing)
-    runs, start, prev, count = [], None, -1, 0
+    stretches: list[list[int]] = []
     for i in idx:
-        if start is None:
-            start, count = i, 1
-        elif i == prev + 1 and count < per_run:
-            count += 1
+        if stretches and i == stretches[-1][-1] + 1:
+            stretches[-1].append(i)
         else:
-            runs.append((ordered_keys[start], ordered_keys[prev], count))
-            start, count = i, 1
-        prev = i
-    if start is not None:
-        runs.append((ordered_keys[start], ordered_keys[prev], count))
+            stretches.append([i])
+    runs = []
+    for stretch in stretches:
+        n_runs = -(-len(stretch) // max(1, per_run))
+        size, extra = divmod(len(stretch), n_runs)
+        at = 0
+        for r in range(n_runs):
+            chunk = stretch[at: at + size + (r < extra)]
+            at += len(chunk)
+            runs.append((ordered_keys[chunk[0]], ordered_keys[chunk[-1]], len(chunk)))
     return runs
 
 
