@@ -60,7 +60,7 @@ class Submitter:
         True when all succeeded."""
         ids = [str(uuid.uuid4()) for _ in requests]
         launches = [launch(r.job_name, run_id, r.run_config, dict(r.tags), self.env, self.logs / "launch.log",
-                           echo=self.verbose) for r, run_id in zip(requests, ids)]
+                           echo=self.verbose, workspace=self.daemon.workspace) for r, run_id in zip(requests, ids)]
         while any(p.poll() is None for p in launches):
             progress.poll()
             time.sleep(POLL_S / 4)
@@ -86,7 +86,8 @@ class Submitter:
                     progress.run_done()
             progress.poll()
             if len(done) < len(ids) and not self.daemon.alive():
-                raise EngineError(f"the Dagster daemon stopped; see {self.logs / 'daemon.log'}")
+                raise EngineError(f"the Dagster daemon or its code server stopped; see {self.logs / 'daemon.log'} "
+                                  f"and {self.logs / 'code-server.log'}")
             time.sleep(POLL_S if len(done) < len(ids) else 0)
         return done
 
