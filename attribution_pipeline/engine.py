@@ -5,9 +5,10 @@ the Dagster daemon that dequeues runs onto it, and the ``dagster job launch`` co
 (``LocalRay``: ``workers`` CPUs, the head's custom resource, dashboard and every port on 127.0.0.1),
 ``--engine ray`` checks that the cluster at ``--ray-address`` answers before any work
 (``check_cluster``). Either way the CLI writes the instance config (``workdir.write_instance``),
-starts the daemon (``Daemon``: the queue, the ``gpu`` pool, run monitoring and retries), and submits
-each run the round's decision function asks for with Dagster's own ``dagster job launch``; the run
-queue and dagster-ray's ``RayRunLauncher`` do the rest: each run is one Ray job.
+starts one code server and the daemon (``Daemon``: the queue, the ``gpu`` pool, run monitoring), and
+submits each run the round's decision function asks for with Dagster's own ``dagster job launch``
+through that code server; the run queue and dagster-ray's ``RayRunLauncher`` do the rest: each run
+is one Ray job.
 """
 
 from __future__ import annotations
