@@ -3,6 +3,7 @@ up here in review (as dagster-open-platform's ``test_defs`` does)."""
 
 import dagster as dg
 
+from attribution_pipeline.config import load_preset
 from attribution_pipeline.defs.build import build_definitions
 
 SNAPSHOT = {
@@ -57,7 +58,8 @@ def test_each_round_job_selects_its_group(tmp_path):
     for job, group in (("valuation_base", "base"), ("coalitions", "coalitions"), ("shapley", "valuation")):
         selected = {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
         assert selected == {a for a, (g, _) in SNAPSHOT["assets"].items() if g == group}, job
-    assert graph.get(dg.AssetKey("coalition_utilities")).backfill_policy.max_partitions_per_run == 16
+    per_run = load_preset("digits")["valuation"]["coalitions_per_run"]  # the default preset's
+    assert graph.get(dg.AssetKey("coalition_utilities")).backfill_policy.max_partitions_per_run == per_run == 32
     # one process per run: a process per step would pay the torch import at every step
     assert {j.executor_def.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")} == {"in_process"}
 

@@ -51,6 +51,42 @@ def test_batch_slices_give_the_same_model_in_one_process_or_two(digits):
         train_diffusion(build_unet(TINY), digits, TINY, shards=3, **kwargs)
 
 
+def test_a_slice_process_that_dies_fails_the_training_at_once(digits):
+    """A helper process killed mid-loop (out of memory, a node lost) must fail the training with the
+    transport's error, not leave it waiting on the collective until the 10-minute timeout."""
+    import threading
+    import time
+
+    import psutil
+
+    def helpers():
+        found = []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                    found.append(child)
+            except psutil.Error:  # ended or a zombie meanwhile
+                pass
+        return found
+
+    def kill_helper():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if helpers():
+                time.sleep(3)  # inside the loop by now
+                for helper in helpers():
+                    helper.kill()
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=kill_helper, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(RuntimeError):
+        train_diffusion(build_unet(TINY), digits, TINY, steps=2_000, batch_size=32, lr=1e-3, seed=0, shards=2,
+                        processes=2)
+    assert time.monotonic() - start < 120
+
+
 def test_ema_modes_differ_and_none_returns_raw_weights(digits):
     start = build_unet(TINY, seed=3)
     w0 = [p.detach().clone() for p in start.parameters()]

@@ -103,12 +103,34 @@ def _join(rank: int, world: int, init: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=TIMEOUT)
 
 
-def _member(index: int, world: int, init: str, threads: int, train: Callable, args: tuple, kwargs: dict) -> None:
+def _member(index: int, world: int, init: str, threads: int, train: Callable, args: tuple, kwargs: dict,
+            ready) -> None:
     torch.set_num_threads(threads)
     # torch.multiprocessing hands tensors over in shared memory: train a private copy, or every
     # optimizer step would land twice on the caller's weights (the caller waits at the rendezvous)
     args, kwargs = copy.deepcopy(args), copy.deepcopy(kwargs)
+    ready.put(index)
     train(*args, **kwargs, member=(index + 1, world, init))
+
+
+def _await_helpers(helpers, ready, n: int) -> None:
+    """Wait until every helper is about to join the rendezvous; a helper that dies first (it could
+    not start, or was killed) fails the training here instead of after the rendezvous timeout. Once
+    in the group, a peer that dies breaks the next collective at once (gloo: connection reset)."""
+    import time
+
+    deadline, joined = time.monotonic() + TIMEOUT.total_seconds(), 0
+    while joined < n:
+        while not ready.empty():
+            ready.get()
+            joined += 1
+        if joined >= n:
+            return
+        dead = [p.exitcode for p in helpers.processes if p.exitcode is not None]
+        if dead or time.monotonic() > deadline:
+            raise RuntimeError(f"a batch-slice helper process ended before training began (exit code "
+                               f"{dead[0] if dead else 'none: it did not start in time'})")
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -133,9 +155,11 @@ def group(shards: int, member: tuple[int, int, str] | None, processes: int, trai
 
     with tempfile.TemporaryDirectory(prefix="ap-shards-") as tmp:
         init = f"file://{os.path.join(tmp, 'rendezvous')}"
-        helpers = mp.start_processes(_member, args=(world, init, torch.get_num_threads(), train, args, kwargs),
+        ready = mp.get_context("spawn").SimpleQueue()
+        helpers = mp.start_processes(_member, args=(world, init, torch.get_num_threads(), train, args, kwargs, ready),
                                      nprocs=world - 1, join=False, start_method="spawn")
         try:
+            _await_helpers(helpers, ready, world - 1)
             _join(0, world, init)
             try:
                 yield Slices(shards, 0, world)

@@ -120,6 +120,32 @@ def _report(progress: ProgressFn | None, losses: list[float], steps: int, every:
         progress(step, steps, sum(recent) / len(recent))
 
 
+def _gradients(model: torch.nn.Module, predict: PredictFn, scheduler: DDPMScheduler, batch, opt, params: list,
+               slices: sharding.Slices, device, precision: str) -> float:
+    """Set the gradients of ``params`` for one seeded batch (whole, or as ``slices``); its loss."""
+    idx, x0, noise, t = batch
+    x0, noise, t = x0.to(device), noise.to(device), t.to(device)
+    xt = scheduler.add_noise(x0, noise, t)
+    if slices.shards == 1:
+        # autocast around the forward only, entered afresh each step: autocast keeps its bf16 copies
+        # of the weights until the outermost context exits, so one context around the whole loop
+        # would run every forward on the first step's weights
+        with autocast(device, precision):
+            pred = predict(model, xt, t, idx)
+        loss = F.mse_loss(pred.float(), prediction_target(scheduler, x0, noise, t))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return float(loss.detach())
+    target = prediction_target(scheduler, x0, noise, t)
+
+    def slice_loss(rows: slice) -> torch.Tensor:
+        with autocast(device, precision):
+            pred = predict(model, xt[rows], t[rows], idx[rows])
+        return F.mse_loss(pred.float(), target[rows])
+
+    return slices.gradients(params, slice_loss, len(idx))
+
+
 def train_diffusion(
     model: torch.nn.Module, images: torch.Tensor, model_cfg: ModelConfig | None, *, steps: int, batch_size: int,
     lr: float, seed: int, warmup_steps: int = 0, ema: str = "reset", ema_decay: float = 0.999,
@@ -143,11 +169,9 @@ def train_diffusion(
     model's); ``weight_decay`` is AdamW's decoupled decay (0 = plain Adam). ``precision`` "bf16"
     runs each forward pass under bf16 autocast; weights, gradients and the loss stay float32.
 
-    ``shards`` > 1 splits each step's batch into that many equal slices whose gradients are computed
-    separately and summed in slice order (``models/shards.py``); ``processes`` > 1 computes the slices
-    in that many processes at once on the CPU. The result is bit-identical for every ``processes``:
-    parallelism is an optimisation, never a change of the numbers (1 = today's single-slice loop).
-    ``member`` is set only inside those helper processes.
+    ``shards`` > 1: each batch in that many equal slices, gradients summed in slice order, computed in
+    ``processes`` CPU processes at once (``models/shards.py``; ``member`` is set inside the helpers);
+    bit-identical for every ``processes``.
     """
     _check(images, ema, steps)
     sharding.check(batch_size, shards)
@@ -155,16 +179,13 @@ def train_diffusion(
         if model_cfg is None:
             raise ValueError("train_diffusion needs model_cfg or a noise scheduler")
         scheduler = noise_scheduler(model_cfg)
-    start = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
-    n_t = scheduler.config.num_train_timesteps
+    start, gen, n_t = time.perf_counter(), torch.Generator().manual_seed(seed), scheduler.config.num_train_timesteps
     model.to(device).train()
     params = list(model.parameters() if parameters is None else parameters)
     # AdamW with weight_decay 0 computes exactly Adam's update
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup_steps, steps))
-    ema_model = _ema(params, ema, ema_decay)
-    losses: list[float] = []
+    ema_model, losses = _ema(params, ema, ema_decay), []
     # the slices may run in helper processes: on the CPU, for a model trained whole with the default
     # forward (what a spawned process can rebuild from a pickle); the numbers are the same either way
     parallel = (member is None and shards > 1 and processes > 1 and torch.device(device).type == "cpu"
@@ -174,33 +195,12 @@ def train_diffusion(
     with sharding.group(shards, member, processes if parallel else 1, train_diffusion, (model, images, model_cfg),
                         helper) as slices:
         for _ in range(steps):
-            idx, x0, noise, t = _batch(images, gen, batch_size, n_t)
-            x0, noise, t = x0.to(device), noise.to(device), t.to(device)
-            xt = scheduler.add_noise(x0, noise, t)
-            if shards == 1:
-                # autocast around the forward only, entered afresh each step: autocast keeps its bf16
-                # copies of the weights until the outermost context exits, so one context around the
-                # whole loop would run every forward on the first step's weights
-                with autocast(device, precision):
-                    pred = predict(model, xt, t, idx)
-                loss = F.mse_loss(pred.float(), prediction_target(scheduler, x0, noise, t))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                loss_value = float(loss.detach())
-            else:
-                target = prediction_target(scheduler, x0, noise, t)
-
-                def slice_loss(rows: slice) -> torch.Tensor:
-                    with autocast(device, precision):
-                        pred = predict(model, xt[rows], t[rows], idx[rows])
-                    return F.mse_loss(pred.float(), target[rows])
-
-                loss_value = slices.gradients(params, slice_loss, batch_size)
+            batch = _batch(images, gen, batch_size, n_t)
+            losses.append(_gradients(model, predict, scheduler, batch, opt, params, slices, device, precision))
             opt.step()
             sched.step()
             if ema_model is not None:
                 ema_model.step(params)
-            losses.append(loss_value)
             _report(progress, losses, steps, progress_every)
     if ema_model is not None and steps > 0:
         ema_model.copy_to(params)
