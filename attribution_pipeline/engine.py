@@ -13,6 +13,7 @@ is one Ray job.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -44,6 +45,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def init_local_ray(ray, cpus: int, gpus: int | None, temp_dir: str) -> str:
+    """``ray.init`` a local cluster with every port on 127.0.0.1 and free; its job-submission URL.
+
+    ``ray.init`` offers no argument for the dashboard agent's port, and Ray's fixed default (52365)
+    lets only one local cluster per machine take job submissions: the second one's agent cannot bind
+    it and every submission answers "No available agent to submit job" (ray-project/ray#34886, where
+    Ray points to ``ray start --dashboard-agent-listen-port``). So the agent gets a free port here, given
+    to the parameters ``ray.init`` builds, and two ``attribution-pipeline run`` on one machine coexist.
+    """
+    from ray._private import parameter
+
+    original = parameter.RayParams
+    parameter.RayParams = functools.partial(original, dashboard_agent_listen_port=_free_port())
+    try:
+        ctx = ray.init(num_cpus=cpus, num_gpus=gpus, resources={HEAD_RESOURCE: 1}, include_dashboard=True,
+                       dashboard_host="127.0.0.1", dashboard_port=_free_port(), _temp_dir=temp_dir,
+                       logging_level="ERROR", log_to_driver=False)
+    finally:
+        parameter.RayParams = original
+    return f"http://{ctx.dashboard_url}"
+
+
 class LocalRay:
     """A Ray started in this process for ``workers`` runs at once (``gpus``: the GPUs it declares;
     None lets Ray count this machine's); ``address`` is its job-submission (dashboard) URL; ``stop``
@@ -61,10 +84,7 @@ class LocalRay:
 
         # Ray's unix sockets live under the temp dir and must stay under ~100 characters
         self._temp = tempfile.mkdtemp(prefix="apray", dir="/tmp")
-        ctx = ray.init(num_cpus=self.workers, num_gpus=self.gpus, resources={HEAD_RESOURCE: 1},
-                       include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
-                       _temp_dir=self._temp, logging_level="ERROR", log_to_driver=False)
-        self.address = f"http://{ctx.dashboard_url}"
+        self.address = init_local_ray(ray, self.workers, self.gpus, self._temp)
         check_cluster(self.address, timeout_s=60)
         return self.address
 

@@ -2,8 +2,9 @@
 logical GPUs and the head's custom resource), the Dagster daemon, the run queue with the ``gpu`` pool
 and dagster-ray's ``RayRunLauncher``. No mocks: each coalition run is a Ray job.
 
-One module-scoped cluster (~10 s to start) serves every test; its teardown checks that no process the
-module started is left.
+One module-scoped cluster (~10 s to start) serves every test; it starts while Ray's default
+dashboard-agent port is held, as another local Ray on the machine would hold it, so every job the tests
+submit shows that two local clusters coexist. Its teardown checks that no process the module started is left.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -21,11 +23,11 @@ import psutil
 import pytest
 
 from attribution_pipeline.config import PipelineConfig, load_preset
-from attribution_pipeline.engine import LOCAL_RAY_ENV, _free_port
+from attribution_pipeline.engine import LOCAL_RAY_ENV, _free_port, init_local_ray
 from attribution_pipeline.runner import run_valuation
 from attribution_pipeline.storage.records import read_utility_records
 from attribution_pipeline.storage.results import ROLE_ENV, ResultStore, WorkerStoreError
-from attribution_pipeline.workdir import HEAD_RESOURCE, EngineSettings
+from attribution_pipeline.workdir import EngineSettings
 from attribution_pipeline_tests.conftest import TINY_OVERRIDES, write_digit_contributors
 
 UTILITIES = "SELECT coalition_key, property, method, seed, value FROM utilities ORDER BY ALL"
@@ -49,10 +51,14 @@ def ray_address():
     before = {k: os.environ.get(k) for k in LOCAL_RAY_ENV}
     os.environ.update(LOCAL_RAY_ENV)
     temp = tempfile.mkdtemp(prefix="apray", dir="/tmp")
-    ctx = ray.init(num_cpus=2, num_gpus=2, resources={HEAD_RESOURCE: 1}, include_dashboard=True,
-                   dashboard_host="127.0.0.1", dashboard_port=_free_port(), _temp_dir=temp,
-                   logging_level="ERROR", log_to_driver=False)
-    yield f"http://{ctx.dashboard_url}"
+    with socket.socket() as held:  # another Ray on this machine holds Ray's default agent port
+        try:
+            held.bind(("127.0.0.1", 52365))
+            held.listen()
+        except OSError:
+            pass  # something else already holds it: the same situation
+        address = init_local_ray(ray, 2, 2, temp)
+    yield address
     ray.shutdown()
     for key, value in before.items():
         os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
