@@ -11,11 +11,15 @@ A game maps coalitions (B, n) bool → utilities (B,) float, including ∅ and N
   Σ_{j≤k} (c_(j) − c_(j−1)) / (n − j + 1) (Littlechild & Owen 1973); β likewise with 2^−(n−j).
 - ``WeightedVotingGame``: v(S) = 1{Σ_{i∈S} w_i ≥ q}, integer weights; exact counting DP.
 - ``CoverageGame``: the benchmark's game, see its docstring.
+- ``MeasuredGame``: a table of every coalition's utility as the pipeline measured it (an enumerated
+  real game, ``benchmarks/data/``); exact values by enumeration. ``load_measured_game`` reads one.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import binom
@@ -249,6 +253,39 @@ class CoverageGame(Game):
             return float(np.sum(binom.pmf(k, m - 1, 0.5) * (np.sqrt(k + 1) - np.sqrt(k))))
 
         return self.own + self.pairwise.banzhaf_values() + self._group_share(gain)
+
+
+class MeasuredGame(Game):
+    """v(S) read from a table of all 2^n utilities, ``table[code]`` with bit i of ``code`` set when
+    player i is in S (∅ = 0, N = 2^n − 1). 2 ≤ n ≤ 20; every entry finite."""
+
+    def __init__(self, table):
+        table = np.asarray(table, dtype=np.float64)
+        n = int(np.log2(max(len(table), 1)))
+        if table.ndim != 1 or len(table) != 2**n or not 2 <= n <= 20:
+            raise ValueError(f"a measured game needs 2^n utilities (2 <= n <= 20), got {table.shape}")
+        if not np.isfinite(table).all():
+            raise ValueError(f"a measured game needs finite utilities; {int((~np.isfinite(table)).sum())} are not")
+        self.n_players, self.table = n, table
+
+    def __call__(self, masks):
+        masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+        return self.table[masks.astype(np.int64) @ (1 << np.arange(self.n_players, dtype=np.int64))]
+
+
+def load_measured_game(path: str | Path, prop: str) -> tuple[MeasuredGame, dict]:
+    """(game, document) of property ``prop`` from a measured-game JSON file (format
+    ``attribution_pipeline.measured_game/1``: ``contributors`` in bit order and, per property, ``values``
+    listed by coalition code; written by ``benchmarks/enumerate_game.py``)."""
+    doc = json.loads(Path(path).read_text())
+    if doc.get("format") != "attribution_pipeline.measured_game/1":
+        raise ValueError(f"{path}: not a measured-game file (format {doc.get('format')!r})")
+    if prop not in doc["properties"]:
+        raise ValueError(f"{path}: no property {prop!r}; it has {sorted(doc['properties'])}")
+    game = MeasuredGame(doc["properties"][prop]["values"])
+    if game.n_players != len(doc["contributors"]):
+        raise ValueError(f"{path}: {len(doc['contributors'])} contributors but 2^{game.n_players} values")
+    return game, doc
 
 
 def noisy_values(game: Game, masks: np.ndarray, noise_std: float, seed: int) -> np.ndarray:
