@@ -188,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=3000)
     init = sub.add_parser("init-data", help="write an embedded data set built from scikit-learn's digits")
     init.add_argument("--set", dest="data_set", default="default", choices=DATA_SETS,
-                      help="default: 12 contributors of varied quality; classes: one per digit class; fidelity: 30 "
+                      help="default: 11 contributors of varied quality; classes: one per digit class; fidelity: 30 "
                            "contributors; reference: the trusted reference split (default: default)")
     init.add_argument("--to", help="target folder (default: the set's folder under data/)")
     init.add_argument("--overwrite", action="store_true")

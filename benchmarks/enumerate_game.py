@@ -10,8 +10,8 @@ resume where it stopped. Then it exports every utility (∅ and N included) to a
 ``benchmarks/data/<preset>-sft.json`` (with --quick, into the run's work directory), in the format
 ``attribution_pipeline.valuation.games.load_measured_game`` reads: per property, the 2^n utilities
 listed by coalition code (bit i set when ``contributors[i]`` is in), the exact Shapley and Banzhaf
-values of that table, and provenance (the run's config, seeds, package versions, the
-enumeration's wall time and the coalitions' summed work).
+values of that table, and provenance (the run's config, seeds, package versions, the time from the
+first coalition's utility to the last one's, and the coalitions' summed work).
 
 The exact values are those of the *measured* utilities: each coalition measured once, with the
 pipeline's seeds. They are the truth an estimator on a subsample of the same table should recover
@@ -75,8 +75,9 @@ def export(cfg: PipelineConfig, preset: str, out: Path, wall_s: float | None) ->
     store = ResultStore(RunLayout.at(cfg.workdir).database)
     contributors = sorted(store.query("SELECT contributor FROM contributors WHERE removed_at IS NULL")
                           .get_column("contributor").to_list())
-    work = store.query("SELECT sum(elapsed_s) AS s, count(*) AS k FROM utilities u JOIN coalitions c "
-                       "USING (coalition_key) WHERE c.kind = 'sampled' AND u.property = ?",
+    work = store.query("SELECT sum(elapsed_s) AS s, count(*) AS k, "
+                       "epoch(max(computed_at)) - epoch(min(computed_at)) AS span FROM utilities u "
+                       "JOIN coalitions c USING (coalition_key) WHERE c.kind = 'sampled' AND u.property = ?",
                        [cfg.valuation.properties[0]]).to_dicts()[0]
     properties = {}
     for prop in cfg.valuation.properties:
@@ -94,7 +95,7 @@ def export(cfg: PipelineConfig, preset: str, out: Path, wall_s: float | None) ->
             "config": {k: v for k, v in cfg.to_dict().items() if k not in ("workdir", "contributors_dir")},
             "coalitions": len(properties[cfg.valuation.properties[0]]["values"]),
             "coalition_work_s": work["s"], "sampled_coalitions": work["k"],
-            "enumeration_wall_s": wall_s,
+            "coalitions_span_s": work["span"], "last_invocation_wall_s": wall_s,
         },
     }
     atomic_write_json(out, doc)

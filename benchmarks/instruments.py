@@ -5,7 +5,7 @@ Run:  python benchmarks/instruments.py            (≈ 15–20 min on 2 CPU core
 Writes benchmarks/results/instruments.md (``-quick`` suffix with --quick). Resumable: the pipeline's
 caches make a re-launch recompute nothing it has.
 
-1. The embedded default (``attribution-pipeline run``: 12 contributors, six clean and six with
+1. The embedded default (``attribution-pipeline run``: 11 contributors, six clean and five with
    defects, instruments from the trusted reference ``data/reference``): wall time and the table.
 2. A random split of the digits pool into 5 honest contributors (mixed classes, ~70 images each) plus
    two junk contributors, ``noise`` (uniform pixel noise) and ``scrambled`` (real digits with their

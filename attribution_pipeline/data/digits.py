@@ -7,11 +7,12 @@ scaled to 0..255). They are split once, by content hash, into
   no contributor holds any of its images; the default instrument (a digit classifier, the default's
   "Inception") is trained on it and the quality reference statistics come from it;
 - a **pool** the contributor sets are drawn from:
-  - ``default`` (``data/contributors``): 12 contributors that differ in *quality*, not only in class.
-    Six clean ones of mixed classes, and six a data buyer would pay less for: ``noisy`` (pixel noise),
-    ``blurred``, ``shifted`` (off-centre), ``scrambled`` (pixels shuffled: junk), ``near_duplicates``
-    (lightly perturbed copies of ``clean_a``'s images) and ``few`` (a dozen clean images).
-    Expected ``quality`` order (``EXPECTED_QUALITY_ORDER``): the clean ones first, ``scrambled`` and
+  - ``default`` (``data/contributors``): 11 contributors that differ in *quality*, not only in class.
+    Six clean ones of mixed classes, and five a data buyer would pay less for: ``noisy`` (pixel noise),
+    ``blurred``, ``shifted`` (off-centre), ``scrambled`` (pixels shuffled: junk) and ``few`` (a dozen
+    clean images). Near-copies of another contributor's images are not among them: ``quality`` measures
+    images, and a twelfth contributor of faint copies of ``clean_a`` ranked first
+    (``benchmarks/results/instruments-near-duplicates.md``). Expected ``quality`` order (``EXPECTED_QUALITY_ORDER``): the clean ones first, ``scrambled`` and
     ``noisy`` last;
   - ``classes`` (``data/contributors-classes``): the paper's game, one contributor per digit class;
   - ``fidelity`` (``data/contributors-fidelity``): 30 contributors, each digit class split across a
@@ -43,7 +44,7 @@ DATA_SETS = ("reference", "default", "classes", "fidelity")
 FOLDERS = {"reference": "reference", "default": "contributors", "classes": "contributors-classes",
            "fidelity": "contributors-fidelity"}
 EXPECTED_QUALITY_ORDER = ("clean_a", "clean_b", "clean_c", "clean_d", "clean_e", "clean_f", "few",
-                          "near_duplicates", "shifted", "blurred", "noisy", "scrambled")
+                          "shifted", "blurred", "noisy", "scrambled")
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -102,11 +103,6 @@ def scramble(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return flat.reshape(x.shape)
 
 
-def jitter(x: np.ndarray, rng: np.random.Generator, sd: float = 6.0) -> np.ndarray:
-    """Near-duplicates: the same images with faint noise (new bytes, the same picture)."""
-    return add_noise(x, rng, sd)
-
-
 def _default_set(images: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     order = rng.permutation(pool)
     size = 100
@@ -116,7 +112,6 @@ def _default_set(images: np.ndarray, pool: np.ndarray, rng: np.random.Generator)
     for j, (name, fn) in enumerate(defects.items()):
         out[name] = fn(images[order[(6 + j) * size:(7 + j) * size]], rng)
     out["few"] = images[order[10 * size:10 * size + 12]]
-    out["near_duplicates"] = jitter(out["clean_a"], rng)
     return out
 
 
