@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 
 from attribution_pipeline.valuation import CoalitionDesign, estimate
-from attribution_pipeline.valuation.games import CoverageGame, noisy_values
-from attribution_pipeline.valuation.pool import bootstrap_weights, build_pool
+from attribution_pipeline.valuation.games import AirportGame, CoverageGame, noisy_values
+from attribution_pipeline.valuation.pool import bootstrap_weights, build_pool, unit_strata
 from attribution_pipeline.valuation.result import RawEstimate, summarize
 
 
 @pytest.mark.parametrize("estimator, design", [("kernelshap", "paired-kernel"), ("regression-msr", "paired-kernel"),
                                             ("banzhaf-msr", "bernoulli")])
 def test_intervals_cover_the_truth_on_a_noisy_game(estimator, design):
-    # At n = 10 the Shapley kernel exhausts the smallest and largest sizes, where the with-replacement
-    # bootstrap over-states the sampling variance (documented); n = 20 is the acceptance setting.
+    # n = 20, B = 10n is the acceptance setting; n = 10 (exhausted sizes) is the next test.
     n, repeats = 20, 15
     game = CoverageGame.random(n, seed=21)
     phi, banzhaf = game.shapley_values(), game.banzhaf_values()
@@ -29,6 +28,41 @@ def test_intervals_cover_the_truth_on_a_noisy_game(estimator, design):
         inside.append(np.mean((res.ci_low <= truth) & (truth <= res.ci_high)))
     # 300 (contributor, repeat) pairs, correlated within a repeat: a wide band that can still fail.
     assert 0.85 <= np.mean(inside) <= 0.995
+
+
+@pytest.mark.parametrize("game", [CoverageGame.random(10, seed=3), AirportGame(np.arange(1.0, 11.0))],
+                         ids=["coverage", "airport (saturating)"])
+def test_bootstrap_errors_match_the_spread_over_pools_where_the_kernel_exhausts_sizes(game):
+    # At n = 10, B = 100 the paired kernel takes every coalition of sizes 1 and 9. Resampling them as if
+    # drawn from an infinite population made the standard errors 2.1x the true spread (coverage 0.99);
+    # the stratified bootstrap holds them fixed and resamples the rest within pair classes.
+    n = game.n_players
+    estimates, errors = [], []
+    for seed in range(40):
+        masks = CoalitionDesign(n, seed=seed).take(10 * n)
+        res = estimate(masks, game(masks), empty_value=game.empty_value, full_value=game.full_value,
+                       estimator="kernelshap", seed=seed, n_bootstrap=100)
+        estimates.append(res.values)
+        errors.append(res.std_errors)
+        assert "sizes 1 and 9 are complete and held fixed" in res.uncertainty
+    ratio = np.mean(errors, axis=0) / np.std(estimates, axis=0, ddof=1)
+    assert 0.75 <= np.median(ratio) <= 1.3
+
+
+def test_the_stratified_bootstrap_holds_complete_classes_and_keeps_each_class_count():
+    n = 10
+    pool = build_pool(CoalitionDesign(n, seed=0).take(10 * n), np.zeros(10 * n), 0.0, 0.0)
+    strata, exhausted = unit_strata(pool)
+    assert exhausted[1] and not exhausted[3]
+    weights = bootstrap_weights(pool, 30, seed=2)
+    size_one = pool.sizes == 1
+    np.testing.assert_array_equal(weights[:, size_one], 1.0)  # every singleton, every resample
+    per_class = np.stack([weights[:, np.minimum(pool.sizes, n - pool.sizes) == c].sum(axis=1)
+                          for c in range(1, n // 2 + 1)], axis=1)
+    assert (per_class.std(axis=0) == 0).sum() >= 3  # classes with 2+ units keep their count
+    assert weights.std(axis=0).max() > 0  # and the others do vary
+    plain = bootstrap_weights(pool, 30, seed=2, stratified=False)
+    assert plain[:, size_one].std() > 0
 
 
 def test_bootstrap_resamples_pairs_together():

@@ -34,7 +34,9 @@ import numpy as np
 
 from attribution_pipeline.valuation.coalitions import log_comb
 from attribution_pipeline.valuation.estimator import Estimator, needs_regression
-from attribution_pipeline.valuation.pool import CoalitionPool, point_and_bootstrap_weights, stratum_totals
+from attribution_pipeline.valuation.pool import (
+    CoalitionPool, point_and_bootstrap_weights, stratified_note, stratum_totals,
+)
 from attribution_pipeline.valuation.result import RawEstimate
 
 # Relative ridge keeping the normal equations solvable when a resample is nearly rank-deficient; it
@@ -157,14 +159,19 @@ def regression_estimates(pool: CoalitionPool, row_weights: RowWeights, weights: 
 
 
 def _regression_estimator(name: str, row_weights: RowWeights,
-                          pool_warning: Callable[[CoalitionPool], str | None] | None = None) -> Estimator:
-    """A regression variant with pair-bootstrap intervals (the fit is refitted on every resample)."""
+                          pool_warning: Callable[[CoalitionPool], str | None] | None = None,
+                          stratified: bool = True) -> Estimator:
+    """A regression variant with pair-bootstrap intervals (the fit is refitted on every resample);
+    ``stratified``: resample within pair classes (``pool.bootstrap_weights``), for the fits that
+    re-weight by size."""
 
     def run(pool: CoalitionPool, *, seed: int, n_bootstrap: int, proxy: str) -> RawEstimate:
-        est = regression_estimates(pool, row_weights, point_and_bootstrap_weights(pool, n_bootstrap, seed))
+        weights = point_and_bootstrap_weights(pool, n_bootstrap, seed, stratified)
+        est = regression_estimates(pool, row_weights, weights)
         warning = pool_warning(pool) if pool_warning is not None else None
+        how = stratified_note(pool) if stratified else "units resampled from the whole pool"
         return RawEstimate(est[0], est[1:], None, pool.n_units - 1,
-                           f"pair bootstrap ({n_bootstrap} resamples of {pool.n_units} units)",
+                           f"pair bootstrap ({n_bootstrap} resamples of {pool.n_units} units; {how})",
                            warnings=[warning] if warning else [])
 
     return Estimator(name, "shapley", needs_regression, run)
@@ -172,4 +179,4 @@ def _regression_estimator(name: str, row_weights: RowWeights,
 
 KERNELSHAP = _regression_estimator("kernelshap", kernelshap_weights)
 LEVERAGE = _regression_estimator("leverage", leverage_weights, leverage_fit_warning)
-KERNELSHAP_PAPER = _regression_estimator("kernelshap-paper", draw_weights)
+KERNELSHAP_PAPER = _regression_estimator("kernelshap-paper", draw_weights, stratified=False)

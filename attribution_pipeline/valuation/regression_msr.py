@@ -33,7 +33,9 @@ import numpy as np
 
 from attribution_pipeline.valuation.estimator import Estimator, needs_cross_fit
 from attribution_pipeline.valuation.montecarlo import shapley_msr, shapley_msr_design
-from attribution_pipeline.valuation.pool import CoalitionPool, point_and_bootstrap_weights, stratum_totals
+from attribution_pipeline.valuation.pool import (
+    CoalitionPool, point_and_bootstrap_weights, stratified_note, stratum_totals,
+)
 from attribution_pipeline.valuation.proxies import FittedProxy, fit_proxy
 from attribution_pipeline.valuation.result import RawEstimate
 
@@ -126,7 +128,7 @@ def regression_msr(pool: CoalitionPool, kind: str, seed: int, n_bootstrap: int) 
     return RawEstimate(
         estimates[0], estimates[1:], None, effective_dof(pool, residuals),
         f"pair bootstrap of the residual correction ({n_bootstrap} resamples of {pool.n_units} units; "
-        f"{len(thetas)}-fold cross-fitted {kind} proxy held fixed)",
+        f"{stratified_note(pool)}; {len(thetas)}-fold cross-fitted {kind} proxy held fixed)",
     )
 
 
