@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -379,6 +380,10 @@ COMMANDS = {"run": cmd_run, "evaluate": cmd_evaluate, "show": cmd_show, "query":
             "reindex": cmd_reindex, "ui": cmd_ui, "init-data": cmd_init_data}
 
 
+def _stop_on_terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -386,7 +391,24 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except SystemExit as exc:  # --help printed its text
         return exc.code if isinstance(exc.code, int) else 0
-    return COMMANDS[args.command](args)
+    # A stop from a scheduler or `kill` (SIGTERM) unwinds like Ctrl-C, so the local Ray, the Dagster
+    # daemon and code server and the runs they launched are shut down; before, SIGTERM left them running.
+    previous = signal.signal(signal.SIGTERM, _stop_on_terminate) if _main_thread() else None
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: the engine is stopped and nothing half-written is kept; run the same command "
+              "again to resume (finished coalitions are cached)", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

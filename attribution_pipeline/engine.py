@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,12 +59,18 @@ def init_local_ray(ray, cpus: int, gpus: int | None, temp_dir: str) -> str:
 
     original = parameter.RayParams
     parameter.RayParams = functools.partial(original, dashboard_agent_listen_port=_free_port())
+    # ray.init installs a C-level SIGTERM handler that aborts the process, which left the cluster's
+    # processes, the Dagster daemon and the launched runs behind; the caller's handler (the CLI turns
+    # SIGTERM into KeyboardInterrupt, which shuts everything down) is put back after it
+    on_terminate = signal.getsignal(signal.SIGTERM)
     try:
         ctx = ray.init(num_cpus=cpus, num_gpus=gpus, resources={HEAD_RESOURCE: 1}, include_dashboard=True,
                        dashboard_host="127.0.0.1", dashboard_port=_free_port(), _temp_dir=temp_dir,
                        logging_level="ERROR", log_to_driver=False)
     finally:
         parameter.RayParams = original
+        if on_terminate is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_terminate)
     return f"http://{ctx.dashboard_url}"
 
 

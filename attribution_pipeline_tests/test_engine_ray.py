@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import socket
 import tempfile
 import threading
@@ -216,3 +217,45 @@ def test_a_cli_round_keeps_the_sensor_aside_while_its_process_lives(tmp_path):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     _driver_file(tmp_path).write_text(f'{{"pid": {int(gone.stdout)}, "host": "{os.uname().nodename}"}}')
     assert round_driver(tmp_path) is None  # a claim whose process is gone is stale
+
+
+def test_sigterm_stops_a_local_run_and_everything_it_started(tmp_path):
+    """A scheduler's stop (SIGTERM to the CLI) unwinds like Ctrl-C: exit 130 with a message, and the
+    local Ray, the Dagster daemon and code server and the runs they launched are gone with it."""
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path)
+    preset = tmp_path / "tiny.toml"
+    from attribution_pipeline_tests.test_cli import _toml
+
+    preset.write_text(_toml({**TINY_OVERRIDES, "preset": "tiny"}))
+    exe = Path(sys.executable).parent / "attribution-pipeline"
+    cmd = [str(exe), "run", "--contributors", cfg.contributors_dir, "--workdir", cfg.workdir, "--preset",
+           str(preset), "--budget", "8", "--engine", "local", "--workers", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ATTRIBUTION_PIPELINE_ENGINE": "local"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline, seen = time.monotonic() + 600, ""
+    for line in proc.stdout:  # wait until coalition runs are in flight
+        seen += line
+        if re.search(r"\[1/\d+", line) or time.monotonic() > deadline:
+            break
+    assert re.search(r"\[1/\d+", seen), seen[-3000:]
+    started = [p for p in psutil.Process(proc.pid).children(recursive=True) if _alive(p)]
+    assert any("dagster-daemon" in " ".join(p.cmdline()) for p in started if _alive(p))
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 130 and "interrupted: the engine is stopped" in rest, rest[-3000:]
+    deadline = time.monotonic() + 60
+    alive = [p for p in started if _alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(1)
+        alive = [p for p in alive if _alive(p)]
+    assert not alive, [p.pid for p in alive]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
