@@ -31,4 +31,17 @@ def print_table(workdir: str, all_estimators: bool = False, out=sys.stdout) -> i
             ci = (f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]" if r["ci_low"] is not None else "-")
             print(f"{r['rank']:>4}  {r['contributor']:<20} {r['value']:>12.5g} {se:>10}   {ci}", file=out)
         print(f"      sum of values {total:.6g}; v(N) - v(∅) = {r0['v_full'] - r0['v_empty']:.6g}", file=out)
+        _print_scope(r0, out)
     return 0
+
+
+def _print_scope(row: dict, out) -> None:
+    """What the table's intervals cover and leave out, the estimator's known bias and its warnings."""
+    if row.get("uncertainty") is None:  # a round stored before these columns existed
+        return
+    print(f"      interval: {row['uncertainty']}", file=out)
+    print(f"      not in the interval: {row['interval_excludes']}", file=out)
+    if row.get("known_bias"):
+        print(f"      known bias: {row['known_bias']}", file=out)
+    for w in row.get("warnings") or []:
+        print(f"      warning: {w}", file=out)

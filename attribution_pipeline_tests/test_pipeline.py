@@ -5,6 +5,7 @@ import json
 
 import dagster as dg
 import numpy as np
+import polars as pl
 import pytest
 
 from attribution_pipeline.coalitions import EMPTY_KEY
@@ -67,6 +68,14 @@ def test_valuation_end_to_end_then_cached_then_grown(tiny_config, four_contribut
     assert ((shap["p_top"] >= 0) & (shap["p_top"] <= 1)).all()
     assert (shap["rank_low"] <= shap["rank_high"]).all()
     assert "sum of values" in out.getvalue()
+    # every row says what its interval covers and leaves out; the biased estimator says so
+    assert shap["uncertainty"].is_not_null().all()
+    assert all("retraining" in e for e in shap["interval_excludes"])
+    banzhaf = shap.filter(shap["value_kind"] == "banzhaf")
+    assert len(banzhaf) and all("not a Shapley value" in b for b in banzhaf["known_bias"])
+    assert "not in the interval:" in out.getvalue()
+    rounds = store.query("SELECT warnings FROM valuation_rounds")
+    assert rounds["warnings"].dtype == pl.List(pl.String)
 
     # Dagster saw every coalition partition
     instance = dg.DagsterInstance.from_config(str(layout.dagster_home))

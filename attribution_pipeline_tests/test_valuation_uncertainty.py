@@ -100,3 +100,25 @@ def test_estimate_with_bootstrap_is_fast_at_n_200_b_2000():
                    n_bootstrap=200)
     assert time.perf_counter() - start < 15.0  # ≈ 1 s alone; generous for a shared machine
     assert res.draws.shape == (200, n) and np.all(res.std_errors > 0)
+
+
+def test_each_result_says_what_its_interval_leaves_out():
+    from attribution_pipeline.valuation.scope import scope_columns
+
+    game = CoverageGame.random(6, seed=1)
+    every = CoalitionDesign(6, seed=0).take(62)
+    exact = estimate(every, game(every), empty_value=game.empty_value, full_value=game.full_value,
+                     estimator="exact")
+    assert "unknown" in scope_columns(exact)["interval_excludes"]  # zero width is not certainty
+    twice = np.vstack([every, every])
+    noisy = noisy_values(game, twice, 0.1, seed=0)
+    exact2 = estimate(twice, noisy, empty_value=game.empty_value, full_value=game.full_value, estimator="exact")
+    assert "unknown" not in scope_columns(exact2)["interval_excludes"] and np.all(exact2.std_errors > 0)
+    masks = CoalitionDesign(10, seed=0).take(100)
+    big = CoverageGame.random(10, seed=1)
+    ks = scope_columns(estimate(masks, big(masks), empty_value=big.empty_value, full_value=big.full_value,
+                                estimator="kernelshap", n_bootstrap=20))
+    assert "complete sizes held fixed" in ks["interval_excludes"] and ks["known_bias"] is None
+    px = scope_columns(estimate(masks, big(masks), empty_value=big.empty_value, full_value=big.full_value,
+                                estimator="proxy", n_bootstrap=20))
+    assert px["known_bias"].startswith("biased") and "the proxy's bias" in px["interval_excludes"]

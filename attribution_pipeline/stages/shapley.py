@@ -19,6 +19,7 @@ from attribution_pipeline.stages.round import Pool, gather_pool
 from attribution_pipeline.stages.utility import FT, SFT
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline.valuation import applicable_estimators, estimate
+from attribution_pipeline.valuation.scope import scope_columns
 
 
 class MissingUtilitiesError(RuntimeError):
@@ -37,6 +38,7 @@ class ShapleyOutcome:
 def _value_rows(res, is_default: bool, contributors: list[str], prop: str, common: dict) -> list[dict]:
     """One row per contributor of one estimator's result, ranked by value (1 = largest)."""
     n = len(contributors)
+    scope = scope_columns(res)
     order = np.argsort(-res.values, kind="stable")
     rank = np.empty(n, dtype=int)
     rank[order] = np.arange(1, n + 1)
@@ -44,7 +46,7 @@ def _value_rows(res, is_default: bool, contributors: list[str], prop: str, commo
              "ci_low": _f(res.ci_low, j), "ci_high": _f(res.ci_high, j), "rank": int(rank[j]),
              "rank_low": _i(res.rank_low, j), "rank_high": _i(res.rank_high, j), "p_top": _f(res.p_top, j),
              "top_k": int(res.top_k), "estimator": res.estimator, "value_kind": res.value_kind,
-             "is_default": is_default, "n_coalitions": int(res.n_coalitions), **common}
+             "is_default": is_default, "n_coalitions": int(res.n_coalitions), **scope, **common}
             for j, c in enumerate(contributors)]
 
 
@@ -68,7 +70,7 @@ def _fit_property(cfg: PipelineConfig, pool: Pool, masks: np.ndarray, prop: str,
     return rows, warnings
 
 
-def _round_row(cfg: PipelineConfig, layout: RunLayout, pool: Pool, rows: list[dict], now) -> dict:
+def _round_row(cfg: PipelineConfig, layout: RunLayout, pool: Pool, rows: list[dict], now, warnings: list[str]) -> dict:
     method = cfg.valuation.method
     base_dir = {SFT: layout.pruned_base_dir, FT: layout.full_model_dir}.get(method)
     return {"round_id": pool.round_id, "computed_at": now, "contributors": pool.plan.contributors,
@@ -77,7 +79,8 @@ def _round_row(cfg: PipelineConfig, layout: RunLayout, pool: Pool, rows: list[di
             "default_estimator": cfg.valuation.estimator, "seed": cfg.valuation.seed,
             "versions": json.dumps(versions.snapshot()), "method": method,
             "estimator": next((r["estimator"] for r in rows if r["is_default"]), None),
-            "instrument": instrument_description(layout), **round_lineage(cfg, layout, pool.plan.contributors)}
+            "instrument": instrument_description(layout), "warnings": warnings,
+            **round_lineage(cfg, layout, pool.plan.contributors)}
 
 
 def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = quiet) -> ShapleyOutcome:
@@ -109,7 +112,7 @@ def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, 
         rows += prop_rows
         warnings += prop_warnings
     store.upsert("shapley_values", rows)
-    store.upsert("valuation_rounds", [_round_row(cfg, layout, pool, rows, now)])
+    store.upsert("valuation_rounds", [_round_row(cfg, layout, pool, rows, now, warnings)])
     for w in warnings:
         log(f"warning: {w}")
     return ShapleyOutcome(pool.round_id, rows, len(pool.sampled), False, warnings)

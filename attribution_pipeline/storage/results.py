@@ -149,6 +149,13 @@ SCHEMA = [
     "ALTER TABLE contributors ADD COLUMN IF NOT EXISTS n_duplicate_images INTEGER DEFAULT 0",
     "ALTER TABLE contributors ADD COLUMN IF NOT EXISTS duplicates_with VARCHAR[]",
     "ALTER TABLE contributors ADD COLUMN IF NOT EXISTS removed_at TIMESTAMP",
+    # what each interval covers (how it was obtained), what it leaves out, the estimator's known bias
+    # and its warnings (valuation/scope.py); the round keeps every warning of its fits
+    "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS uncertainty VARCHAR",
+    "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS interval_excludes VARCHAR",
+    "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS known_bias VARCHAR",
+    "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
     """CREATE OR REPLACE VIEW latest_shapley_values AS
         SELECT s.* FROM shapley_values s
         WHERE s.round_id = (SELECT round_id FROM valuation_rounds ORDER BY computed_at DESC LIMIT 1)""",
