@@ -74,6 +74,9 @@ def test_valuation_end_to_end_then_cached_then_grown(tiny_config, four_contribut
     banzhaf = shap.filter(shap["value_kind"] == "banzhaf")
     assert len(banzhaf) and all("not a Shapley value" in b for b in banzhaf["known_bias"])
     assert "not in the interval:" in out.getvalue()
+    from attribution_pipeline.defs.valuation_assets import _table  # the UI's markdown says it too
+
+    assert "**quality**" in _table(shap.to_dicts()) and "not in it: " in _table(shap.to_dicts())
     rounds = store.query("SELECT warnings FROM valuation_rounds")
     assert rounds["warnings"].dtype == pl.List(pl.String)
 

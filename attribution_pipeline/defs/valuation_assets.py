@@ -10,9 +10,14 @@ from attribution_pipeline.defs.resources import PipelineResource
 
 def _table(rows: list[dict]) -> str:
     lines = ["| property | contributor | value | 95% CI | rank |", "|---|---|---|---|---|"]
-    for r in sorted((r for r in rows if r["is_default"]), key=lambda r: (r["property"], r["rank"])):
+    default = sorted((r for r in rows if r["is_default"]), key=lambda r: (r["property"], r["rank"]))
+    for r in default:
         lines.append(f"| {r['property']} | {r['contributor']} | {r['value']:.4g} | "
                      f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}] | {r['rank']} |")
+    scopes = {r["property"]: r for r in default if r.get("uncertainty")}
+    for prop, r in scopes.items():  # what the intervals cover, under the table (valuation/scope.py)
+        lines += ["", f"**{prop}** ({r['estimator']}): interval by {r['uncertainty']}; not in it: "
+                  f"{r['interval_excludes']}." + (f" Known bias: {r['known_bias']}." if r.get("known_bias") else "")]
     return "\n".join(lines)
 
 
