@@ -67,14 +67,14 @@ def test_auto_picks_by_pool_and_warns_on_small_budgets():
     assert any("3n" in w for w in res.warnings)
     medium = CoalitionDesign(n, seed=0).take(10 * n)
     res = estimate(medium, game(medium), **kwargs)
-    assert res.estimator == "proxy" and not any("3n" in w for w in res.warnings)
+    assert res.estimator == "regression-msr" and not any("3n" in w for w in res.warnings)
     large = CoalitionDesign(n, seed=0).take(20 * n)
     assert estimate(large, game(large), **kwargs).estimator == "regression-msr"
     n_big = 40
     big_game = CoverageGame.random(n_big, seed=1)
     tiny = CoalitionDesign(n_big, seed=0).take(2 * n_big)
     assert estimate(tiny, big_game(tiny), empty_value=big_game.empty_value, full_value=big_game.full_value,
-                    n_bootstrap=20).estimator == "proxy"
+                    n_bootstrap=20).estimator == "regression-msr"  # unbiased: never the bare proxy
     chains = CoalitionDesign(n, seed=0, design="permutation").take(2 * (n - 1))
     assert estimate(chains[: n - 1], game(chains[: n - 1]), **kwargs).estimator == "permutation"
 
