@@ -183,9 +183,14 @@ class ValuationConfig:
     # method), "ft" fine-tunes the unpruned full model k steps, "retrain" trains from scratch with
     # the full model's recipe (the ground truth, ~20x the cost on the default).
     method: str = "sft"
+    # v(N), what the values sum to with v(∅): "coalition" measures the full coalition like every other
+    # one (by `method`: the pruned base fine-tuned k steps on all data, for sft); "full_model" takes the
+    # full model θ* itself (the reference code's choice). Both are measured in every run; docs/methods.md.
+    v_full: str = "coalition"
 
 
 UTILITY_METHODS = ("sft", "ft", "retrain")
+V_FULL_SOURCES = ("coalition", "full_model")
 
 
 @dataclass(frozen=True)
@@ -385,6 +390,7 @@ def structural_problems(cfg: "PipelineConfig") -> list[str]:
     (paths are checked before any work by ``attribution_pipeline.inputs.check_local_inputs``)."""
     m, out = cfg.model, []
     out += _one_of("valuation.method", cfg.valuation.method, UTILITY_METHODS)
+    out += _one_of("valuation.v_full", cfg.valuation.v_full, V_FULL_SOURCES)
     out += _one_of("revaluation.policy", cfg.revaluation.policy, REVALUATION_POLICIES)
     out += _one_of("model.family", m.family, MODEL_FAMILIES)
     out += _one_of("model.autoencoder_kind", m.autoencoder_kind, AUTOENCODER_KINDS)

@@ -41,6 +41,9 @@ def _print_scope(row: dict, out) -> None:
         return
     print(f"      interval: {row['uncertainty']}", file=out)
     print(f"      not in the interval: {row['interval_excludes']}", file=out)
+    if row.get("singleton_share") is not None:
+        print(f"      from no data to one contributor's: {100 * row['singleton_share']:.0f}% of v(N) - v(∅) "
+              "(mean over the singletons)", file=out)
     if row.get("known_bias"):
         print(f"      known bias: {row['known_bias']}", file=out)
     for w in row.get("warnings") or []:

@@ -168,3 +168,28 @@ def test_a_rescore_only_run_counts_only_its_own_work(tiny_config):
     measured, trained, _, generated, _, scoring, cached, wall, overhead = m.groups()
     assert (int(measured), int(trained), int(generated), int(cached)) == (5, 0, 0, 5)
     assert 0 < float(scoring) <= float(wall) and float(overhead) >= 0
+
+
+def test_v_full_is_a_stated_choice_and_the_singleton_share_is_reported(tiny_config, four_contributors):
+    cfg = tiny_config.override({"contributors_dir": str(four_contributors), "valuation": {"budget": 14}})
+    assert run_valuation(cfg, quiet=True) == 0
+    store = ResultStore(RunLayout.at(cfg.workdir).database)
+    full_key = read_plan(RunLayout.at(cfg.workdir)).coalitions[0].key
+    utility = {(r["method"], r["property"]): r["value"] for r in store.query(
+        "SELECT method, property, value FROM utilities WHERE coalition_key = ?", [full_key]).iter_rows(named=True)}
+    sv = "SELECT * FROM latest_shapley_values WHERE is_default AND property = 'quality'"
+    by_coalition = store.query(sv)
+    assert by_coalition["v_full"][0] == utility[("sft", "quality")]
+    singles = store.query("SELECT avg(u.value) AS m FROM utilities u JOIN coalitions c USING (coalition_key) "
+                          "WHERE c.size = 1 AND u.method = 'sft' AND u.property = 'quality'")["m"][0]
+    v0, vn = by_coalition["v_empty"][0], by_coalition["v_full"][0]
+    assert by_coalition["singleton_share"][0] == pytest.approx((singles - v0) / (vn - v0))
+
+    out = io.StringIO()
+    assert run_valuation(cfg.override({"valuation": {"v_full": "full_model"}}), out=out) == 0
+    assert "[coalitions]" not in out.getvalue()  # the same utilities, only a new round
+    by_theta = store.query(sv)
+    assert by_theta["v_full"][0] == utility[("full_model", "quality")] != by_coalition["v_full"][0]
+    assert by_theta["value"].sum() == pytest.approx(utility[("full_model", "quality")] - v0)
+    assert store.query("SELECT v_full_source FROM valuation_rounds ORDER BY computed_at")["v_full_source"].to_list() \
+        == ["coalition", "full_model"]

@@ -85,9 +85,13 @@ def gather_pool(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> P
     properties = list(cfg.valuation.properties)
     have = method_utilities(cfg, layout, store, keys, properties, method)
     have.update(empty_utilities(cfg, layout, store))
+    if cfg.valuation.v_full == "full_model":  # v(N) is θ*'s own utility, not the full coalition's
+        have = {k: v for k, v in have.items() if k[0] != full.key}
+        have.update({(full.key, p): v for p, v in full_model_utilities(cfg, layout, store).items()})
     missing = sorted({k for k in [*keys, EMPTY_KEY] for p in properties if (k, p) not in have})
     round_id = None if missing else "r-" + signature(plan.content_hash, sorted(have.items()), cfg.valuation.estimator,
-                                                     cfg.valuation.seed, method)
+                                                     cfg.valuation.seed, method,
+                                                     *([] if cfg.valuation.v_full == "coalition" else ["v(N) by θ*"]))
     return Pool(plan, full, sampled, have, missing, round_id)
 
 
@@ -154,6 +158,14 @@ class Step:
     round_id: str | None = None
 
 
+def full_model_utilities(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> dict[str, float]:
+    """{property: utility} of the full model θ* itself, where current."""
+    rows = store.utilities_for([read_plan(layout).coalitions[0].key], method="full_model")
+    expected = full_model_utility_signature(cfg, layout)
+    return {r["property"]: r["value"] for r in (rows.iter_rows(named=True) if len(rows) else [])
+            if _current(r, expected)}
+
+
 def _base_stale(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> str | None:
     """Why the base job must run again (instruments, θ*, θ̃*, plan, θ*'s own utilities), or None."""
     if not reference_up_to_date(cfg, layout):
@@ -162,10 +174,7 @@ def _base_stale(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> s
         return "the full model or the pruned base is not up to date"
     if not plan_up_to_date(cfg, layout):
         return "the coalition plan is not up to date (contributors, base, budget or seed changed)"
-    rows = store.utilities_for([read_plan(layout).coalitions[0].key], method="full_model")
-    expected = full_model_utility_signature(cfg, layout)
-    have = {r["property"] for r in (rows.iter_rows(named=True) if len(rows) else []) if _current(r, expected)}
-    if not set(cfg.valuation.properties) <= have:
+    if not set(cfg.valuation.properties) <= set(full_model_utilities(cfg, layout, store)):
         return "the full model's own properties are not measured yet"
     return None
 

@@ -54,7 +54,7 @@ def _fit_property(cfg: PipelineConfig, pool: Pool, masks: np.ndarray, prop: str,
     """Rows of every applicable estimator for one property (the default first), and warnings."""
     values = np.array([pool.utilities[(c.key, prop)] for c in pool.sampled], dtype=float)
     v0, vn = pool.utilities[(EMPTY_KEY, prop)], pool.utilities[(pool.full.key, prop)]
-    common = {**common, "v_full": float(vn), "v_empty": float(v0)}
+    common = {**common, "v_full": float(vn), "v_empty": float(v0), "singleton_share": _singleton_share(pool, prop, v0, vn)}
     fit = dict(empty_value=v0, full_value=vn, seed=cfg.valuation.seed)
     default = estimate(masks, values, estimator=cfg.valuation.estimator, **fit)
     rows = _value_rows(default, True, pool.plan.contributors, prop, common)
@@ -70,6 +70,16 @@ def _fit_property(cfg: PipelineConfig, pool: Pool, masks: np.ndarray, prop: str,
     return rows, warnings
 
 
+def _singleton_share(pool: Pool, prop: str, v0: float, vn: float) -> float | None:
+    """(mean v({i}) − v(∅)) / (v(N) − v(∅)): the share of the pot that is the jump from no data to any one
+    contributor's data, when every singleton was evaluated (else None). Near 1, most of every value is
+    that jump, which any contributor would have brought."""
+    singles = [pool.utilities[(c.key, prop)] for c in pool.sampled if len(c.members) == 1]
+    if len(singles) < len(pool.plan.contributors) or vn == v0:
+        return None
+    return float((np.mean(singles) - v0) / (vn - v0))
+
+
 def _round_row(cfg: PipelineConfig, layout: RunLayout, pool: Pool, rows: list[dict], now, warnings: list[str]) -> dict:
     method = cfg.valuation.method
     base_dir = {SFT: layout.pruned_base_dir, FT: layout.full_model_dir}.get(method)
@@ -79,7 +89,7 @@ def _round_row(cfg: PipelineConfig, layout: RunLayout, pool: Pool, rows: list[di
             "default_estimator": cfg.valuation.estimator, "seed": cfg.valuation.seed,
             "versions": json.dumps(versions.snapshot()), "method": method,
             "estimator": next((r["estimator"] for r in rows if r["is_default"]), None),
-            "instrument": instrument_description(layout), "warnings": warnings,
+            "instrument": instrument_description(layout), "warnings": warnings, "v_full_source": cfg.valuation.v_full,
             **round_lineage(cfg, layout, pool.plan.contributors)}
 
 

@@ -156,6 +156,10 @@ SCHEMA = [
     "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS known_bias VARCHAR",
     "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
+    # where v(N) came from ('coalition' or 'full_model', valuation.v_full), and per property the share of
+    # v(N) − v(∅) that is the jump from no data to one contributor's (mean over singletons; NULL without all)
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS v_full_source VARCHAR",
+    "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS singleton_share DOUBLE",
     """CREATE OR REPLACE VIEW latest_shapley_values AS
         SELECT s.* FROM shapley_values s
         WHERE s.round_id = (SELECT round_id FROM valuation_rounds ORDER BY computed_at DESC LIMIT 1)""",
