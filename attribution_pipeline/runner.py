@@ -29,7 +29,7 @@ from attribution_pipeline.defs.requests import step_requests
 from attribution_pipeline.inputs import MissingInputError, absolute_paths
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.report import print_table
-from attribution_pipeline.stages import budget_problem, next_step, take_snapshot
+from attribution_pipeline.stages import budget_problem, confirm_round, next_step, take_snapshot
 from attribution_pipeline.storage.artifacts import clean_leftovers
 from attribution_pipeline.engine import EngineError
 from attribution_pipeline.progress import Progress
@@ -221,6 +221,7 @@ def _round(cfg, layout, snapshot, launcher, progress: Progress, t_start: float, 
         return 2 if step.kind == "wait" else 1
     if work.coalitions:
         progress.say(work.summary(t_coalitions, getattr(launcher, "settings", None)))
+    confirm_round(store, step.round_id)  # the table below is this round, even if computed before
     progress.say(f"done in {time.perf_counter() - t_start:.1f}s: {step.reason}")
     return print_table(str(layout.workdir), out=out)
 

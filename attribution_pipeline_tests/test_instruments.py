@@ -61,7 +61,7 @@ def test_noise_earns_the_least_quality_with_the_reference_and_with_the_fallback(
     manifest = read_manifest(layout.reference_dir)
     assert manifest["trained_on"] == {"reference": reference_hash(REFERENCE, 8, 1)}
     assert manifest["classes"] == [f"digit_{d}" for d in range(10)] and manifest["overlap"] == {}
-    quality = _quality(cfg)
+    quality = with_reference = _quality(cfg)
     assert min(quality, key=quality.get) == "noise" and quality["noise"] < 0 < min(
         v for k, v in quality.items() if k != "noise"), quality
 
@@ -75,6 +75,13 @@ def test_noise_earns_the_least_quality_with_the_reference_and_with_the_fallback(
     assert min(quality, key=quality.get) == "noise", quality
     rounds = ResultStore(layout.database).query("SELECT instrument FROM valuation_rounds ORDER BY computed_at")
     assert rounds["instrument"][0].startswith("trusted reference") and rounds["instrument"][1].startswith("fallback")
+
+    # back to the reference: v(∅) recorded with it is current again (it failed: "v(∅) has no current
+    # utility"), no new round, and the table shown is the reference's round, not the latest computed
+    again = io.StringIO()
+    assert run_valuation(cfg, out=again) == 0, again.getvalue()[-2000:]
+    assert _quality(cfg) == with_reference
+    assert ResultStore(layout.database).query("SELECT count(*) AS n FROM valuation_rounds")["n"][0] == 2
 
 
 def test_a_newcomer_under_incremental_rescores_no_unchanged_coalition(tiny_config, tmp_path):

@@ -24,7 +24,7 @@ from attribution_pipeline.stages.plan import (
 from attribution_pipeline.stages.reference import build_property_reference, property_context
 from attribution_pipeline.stages.result import StageResult
 from attribution_pipeline.stages.round import Step, gather_pool, next_step, partition_runs
-from attribution_pipeline.stages.shapley import MissingUtilitiesError, ShapleyOutcome, compute_shapley
+from attribution_pipeline.stages.shapley import MissingUtilitiesError, ShapleyOutcome, compute_shapley, confirm_round
 from attribution_pipeline.stages.utility import UTILITY_METHODS, utility_spec
 
 __all__ = [
@@ -34,5 +34,6 @@ __all__ = [
     "utilities_version", "prune_base_model", "train_full_model", "Plan", "budget_problem", "coalitions_by_key",
     "plan_coalitions", "planned_coalitions", "read_plan", "build_property_reference", "property_context", "StageResult", "Step",
     "gather_pool", "next_step", "partition_runs", "MissingUtilitiesError", "ShapleyOutcome", "compute_shapley",
+    "confirm_round",
     "UTILITY_METHODS", "utility_spec",
 ]

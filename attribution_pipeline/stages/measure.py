@@ -77,14 +77,22 @@ def _utility_rows(cfg: PipelineConfig, key: str, utilities: dict[str, float], me
             for p, v in utilities.items()]
 
 
-def _stored(cfg: PipelineConfig, run_dir, key: str, method: str, seed: int,
-            inputs_signature: str) -> dict[str, float] | None:
+def _recalled(cfg: PipelineConfig, store: ResultStore | None, run_dir, key: str, method: str, seed: int,
+              inputs_signature: str) -> dict[str, float] | None:
     """{property: value} already recorded under ``run_dir`` for exactly these inputs (every
-    property), else None. Read from the utility records, never from DuckDB (workers do not open it)."""
+    property), else None. Read from the utility records, never from DuckDB (workers do not open it).
+
+    A hit is recorded again, so that it is the newest record of its key: records of other inputs
+    (a round with another reference, say) may be newer, and the database keeps the newest row per key,
+    so without this a return to earlier inputs found its utility here but never current in DuckDB."""
     rows = [r for r in rows_in(run_dir) if r["coalition_key"] == key and r["method"] == method
             and r["seed"] == seed and r.get("inputs_signature") == inputs_signature]
     found = {r["property"]: r["value"] for r in rows}
-    return found if set(cfg.valuation.properties) <= set(found) else None
+    if not set(cfg.valuation.properties) <= set(found):
+        return None
+    latest = {r["property"]: {k: v for k, v in r.items() if k != "computed_at"} for r in rows}
+    _store(store, run_dir, list(latest.values()))
+    return found
 
 
 def _store(store: ResultStore | None, run_dir, rows: list[dict]) -> None:
@@ -166,7 +174,8 @@ def measure_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: Resul
     measured again while its stored utilities carry the current inputs signature."""
     start = time.perf_counter()
     empty = make_coalition([], "empty", -1)
-    cached = _stored(cfg, layout.untrained_images_dir.parent, EMPTY_KEY, EMPTY_METHOD, empty_seed(cfg), empty_utility_signature(cfg, layout))
+    cached = _recalled(cfg, store, layout.untrained_images_dir.parent, EMPTY_KEY, EMPTY_METHOD, empty_seed(cfg),
+                       empty_utility_signature(cfg, layout))
     if cached is not None:
         m = read_manifest(layout.untrained_images_dir)
         return UtilityOutcome(empty, StageResult("untrained", True, 0.0), StageResult(m["content_hash"], True, 0.0),

@@ -90,6 +90,7 @@ def _round_row(cfg: PipelineConfig, layout: RunLayout, pool: Pool, rows: list[di
             "versions": json.dumps(versions.snapshot()), "method": method,
             "estimator": next((r["estimator"] for r in rows if r["is_default"]), None),
             "instrument": instrument_description(layout), "warnings": warnings, "v_full_source": cfg.valuation.v_full,
+            "confirmed_at": now,
             **round_lineage(cfg, layout, pool.plan.contributors)}
 
 
@@ -110,6 +111,7 @@ def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, 
             f"{len(m)} coalition(s) have no {cfg.valuation.method} utility yet: {m[:8]}{'…' if len(m) > 8 else ''}; "
             "materialize their coalition partitions (or empty_coalition_utilities) first")
     if store.query("SELECT count(*) AS n FROM valuation_rounds WHERE round_id = ?", [pool.round_id])["n"][0]:
+        confirm_round(store, pool.round_id)
         rows = store.query("SELECT * FROM shapley_values WHERE round_id = ?", [pool.round_id]).to_dicts()
         log(f"valuation round {pool.round_id} is up to date ({len(pool.sampled)} coalitions)")
         return ShapleyOutcome(pool.round_id, rows, len(pool.sampled), True)
@@ -126,6 +128,13 @@ def compute_shapley(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, 
     for w in warnings:
         log(f"warning: {w}")
     return ShapleyOutcome(pool.round_id, rows, len(pool.sampled), False, warnings)
+
+
+def confirm_round(store: ResultStore, round_id: str) -> None:
+    """Mark ``round_id`` as the round the current inputs give (``latest_shapley_values`` shows it):
+    an existing round becomes current again when the inputs return to those it was fitted on."""
+    store.execute("UPDATE valuation_rounds SET confirmed_at = ? WHERE round_id = ?",
+                  [datetime.now(timezone.utc).replace(tzinfo=None), round_id])
 
 
 def _f(arr, j) -> float | None:

@@ -160,9 +160,13 @@ SCHEMA = [
     # v(N) − v(∅) that is the jump from no data to one contributor's (mean over singletons; NULL without all)
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS v_full_source VARCHAR",
     "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS singleton_share DOUBLE",
+    # when a run last ended on the round (a round computed earlier is current again when the inputs
+    # return to what it was fitted on, e.g. a reference switched off and on again)
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS confirmed_at TIMESTAMP",
     """CREATE OR REPLACE VIEW latest_shapley_values AS
         SELECT s.* FROM shapley_values s
-        WHERE s.round_id = (SELECT round_id FROM valuation_rounds ORDER BY computed_at DESC LIMIT 1)""",
+        WHERE s.round_id = (SELECT round_id FROM valuation_rounds
+                            ORDER BY coalesce(confirmed_at, computed_at) DESC, computed_at DESC LIMIT 1)""",
     # every round's default-estimator value of every contributor beside the previous round's: how
     # each contributor's value moved as contributors arrived, changed or left
     """CREATE OR REPLACE VIEW shapley_history AS

@@ -12,7 +12,7 @@ from attribution_pipeline.valuation.result import ValuationResult
 
 SFT_GAP = "the gap between the utility method (e.g. sFT) and retraining"
 ENDS = "the noise of v(∅) and v(N) (each measured once)"
-UNKNOWN_NOISE = "the utility noise, which is unknown (each coalition measured once; set valuation.replicates)"
+UNKNOWN_NOISE = "the utility noise, which is unknown (each coalition measured once)"
 
 KNOWN_BIAS = {
     "proxy": "biased: the values of a bagged tree/linear proxy of the utility, shrunk toward equal shares; "
