@@ -68,6 +68,13 @@ def _table(cfg: PipelineConfig, prop: str) -> list[dict]:
                        "WHERE is_default AND property = ? ORDER BY rank", [prop]).to_dicts()
 
 
+def _estimator(cfg: PipelineConfig) -> str:
+    store = ResultStore(RunLayout.at(cfg.workdir).database)
+    row = store.query("SELECT estimator, uncertainty, interval_excludes FROM latest_shapley_values "
+                      "WHERE is_default LIMIT 1").row(0, named=True)
+    return f"`{row['estimator']}`; interval by {row['uncertainty']}; not in it: {row['interval_excludes']}"
+
+
 def _value(cfg: PipelineConfig, label: str) -> tuple[float, str]:
     t0 = time.perf_counter()
     out = io.StringIO()
@@ -75,6 +82,13 @@ def _value(cfg: PipelineConfig, label: str) -> tuple[float, str]:
     if code != 0:
         raise SystemExit(f"{label}: run failed with exit code {code}\n{out.getvalue()[-3000:]}")
     return time.perf_counter() - t0, out.getvalue()
+
+
+def _work_minutes(cfg: PipelineConfig) -> float:
+    """Σ of the coalitions' own work (fine-tune + generate + score) recorded in the workdir, minutes."""
+    store = ResultStore(RunLayout.at(cfg.workdir).database)
+    s = store.query("SELECT sum(elapsed_s) AS s FROM utilities WHERE property = ?", [cfg.valuation.properties[0]])
+    return float(s["s"][0] or 0.0) / 60
 
 
 def _md(rows: list[dict]) -> list[str]:
@@ -97,7 +111,10 @@ def main() -> None:
              f"`python benchmarks/instruments.py{' --quick' if args.quick else ''}` (2 CPU cores, one torch thread "
              "each process; wall times include whatever else ran on the machine).", "",
              f"## 1. The embedded default: {len(_table(default, 'quality'))} contributors, "
-             f"`attribution-pipeline run` in {wall / 60:.1f} min", ""]
+             f"`attribution-pipeline run`", "",
+             f"This invocation {wall / 60:.1f} min (a re-launch recomputes nothing cached); the coalitions' "
+             f"own work recorded in the workdir: {_work_minutes(default):.1f} min summed. Estimator: "
+             f"{_estimator(default)}.", ""]
     for prop in default.valuation.properties:
         lines += [f"### {prop}", "", *_md(_table(default, prop)), ""]
     split = base.override({"contributors_dir": str(random_split_with_junk(work / "split-contributors")),
@@ -106,7 +123,7 @@ def main() -> None:
     for label, cfg in (("trusted reference `data/reference`", split),
                        ("no reference: the fallback", split.override({"reference": {"dir": None}}))):
         wall, _ = _value(cfg, label)
-        lines += [f"### quality, {label} ({wall / 60:.1f} min)", "", *_md(_table(cfg, "quality")), ""]
+        lines += [f"### quality, {label} (this invocation {wall / 60:.1f} min)", "", *_md(_table(cfg, "quality")), ""]
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"instruments{'-quick' if args.quick else ''}.md"
     out.write_text("\n".join(lines) + "\n")
