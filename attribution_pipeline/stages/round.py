@@ -25,6 +25,7 @@ from attribution_pipeline.stages.plan import Plan, budget_problem, coalitions_by
 from attribution_pipeline.stages.reference import reference_up_to_date
 from attribution_pipeline.stages.utility import EMPTY_METHOD, empty_seed, empty_utility_signature, utility_spec
 from attribution_pipeline.storage.results import ResultStore
+from attribution_pipeline.valuation import ESTIMATORS_VERSION
 
 
 def _current(row: dict, expected: str | None) -> bool:
@@ -90,7 +91,7 @@ def gather_pool(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> P
         have.update({(full.key, p): v for p, v in full_model_utilities(cfg, layout, store).items()})
     missing = sorted({k for k in [*keys, EMPTY_KEY] for p in properties if (k, p) not in have})
     round_id = None if missing else "r-" + signature(plan.content_hash, sorted(have.items()), cfg.valuation.estimator,
-                                                     cfg.valuation.seed, method,
+                                                     cfg.valuation.seed, method, ESTIMATORS_VERSION,
                                                      *([] if cfg.valuation.v_full == "coalition" else ["v(N) by θ*"]))
     return Pool(plan, full, sampled, have, missing, round_id)
 

@@ -12,6 +12,11 @@ coalition's utility is measured (sft/ft/retrain) is the pipeline's "method" and 
 """
 
 from attribution_pipeline.valuation.design import DESIGNS, CoalitionDesign
+
+# Bumped whenever what an estimator returns for the same pool changes (values, intervals, the choice of
+# ``auto``): a valuation round is keyed on it, so an upgrade refits rounds instead of showing stale ones.
+# 2: stratified bootstrap, unbiased ``auto``, what intervals cover (this release).
+ESTIMATORS_VERSION = 2
 from attribution_pipeline.valuation.estimate import applicable_estimators, estimate, select_estimator
 from attribution_pipeline.valuation.registry import ESTIMATORS
 from attribution_pipeline.valuation.result import ValuationResult
@@ -19,6 +24,7 @@ from attribution_pipeline.valuation.result import ValuationResult
 __all__ = [
     "DESIGNS",
     "ESTIMATORS",
+    "ESTIMATORS_VERSION",
     "CoalitionDesign",
     "ValuationResult",
     "applicable_estimators",
