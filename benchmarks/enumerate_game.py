@@ -25,6 +25,7 @@ import argparse
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from attribution_pipeline.cli import _stop_on_terminate  # noqa: E402
 from attribution_pipeline.config import PipelineConfig, load_preset  # noqa: E402
 from attribution_pipeline.layout import RunLayout  # noqa: E402
 from attribution_pipeline.runner import run_valuation  # noqa: E402
@@ -123,6 +125,7 @@ def main(argv=None) -> None:
     cfg = cfg.override({"workdir": workdir, "valuation": {"budget": 2 ** n - 2, "coalitions_per_run": 32}})
     start = time.perf_counter()
     log = io.StringIO() if args.quick else sys.stdout
+    signal.signal(signal.SIGTERM, _stop_on_terminate)  # a kill stops the engine like Ctrl-C; re-run resumes
     code = run_valuation(cfg, out=log)
     if code != 0:
         raise SystemExit(f"the enumeration run failed (exit {code}); re-run to resume")
