@@ -160,7 +160,8 @@ def test_loo_uses_the_leave_one_out_coalitions_and_repeats_give_noise():
     np.testing.assert_allclose(res.values, expected)
     assert res.value_kind == "loo"
     assert res.noise_std == pytest.approx(0.1, rel=0.5)
-    np.testing.assert_allclose(res.std_errors, res.noise_std / np.sqrt(3))
+    # three measurements of each N∖{i}, one of v(N): both in the interval
+    np.testing.assert_allclose(res.std_errors, res.noise_std * np.sqrt(1 / 3 + 1))
 
 
 def test_permutation_is_exact_on_additive_games_and_converges_on_others():

@@ -1,5 +1,7 @@
 """Uncertainty: intervals cover the truth at about their level; the bootstrap is cheap enough."""
 
+import dataclasses
+import math
 import time
 
 import numpy as np
@@ -7,8 +9,11 @@ import pytest
 
 from attribution_pipeline.valuation import CoalitionDesign, estimate
 from attribution_pipeline.valuation.games import AirportGame, CoverageGame, noisy_values
+from attribution_pipeline.valuation.estimate import noise_jacobian
 from attribution_pipeline.valuation.pool import bootstrap_weights, build_pool, unit_strata
+from attribution_pipeline.valuation.registry import REGISTRY
 from attribution_pipeline.valuation.result import RawEstimate, summarize
+from attribution_pipeline.valuation.scope import scope_columns
 
 
 @pytest.mark.parametrize("estimator, design", [("kernelshap", "paired-kernel"), ("regression-msr", "paired-kernel"),
@@ -59,10 +64,32 @@ def test_the_stratified_bootstrap_holds_complete_classes_and_keeps_each_class_co
     np.testing.assert_array_equal(weights[:, size_one], 1.0)  # every singleton, every resample
     per_class = np.stack([weights[:, np.minimum(pool.sizes, n - pool.sizes) == c].sum(axis=1)
                           for c in range(1, n // 2 + 1)], axis=1)
-    assert (per_class.std(axis=0) == 0).sum() >= 3  # classes with 2+ units keep their count
+    assert np.isclose(per_class.std(axis=0), 0, atol=1e-9).sum() >= 3  # classes with 2+ units keep their count
     assert weights.std(axis=0).max() > 0  # and the others do vary
     plain = bootstrap_weights(pool, 30, seed=2, stratified=False)
     assert plain[:, size_one].std() > 0
+
+
+def test_the_stratified_bootstrap_corrects_for_the_finite_population_it_samples():
+    # n = 8, 20n coalitions: the pool holds a large share of the middle classes; Rao-Wu weights have
+    # mean 1 and variance 1 − f per unit (f: the share of the class's coalitions the pool holds), so
+    # the variance of a class mean is (1 − f) s² / k, not s² / k as from an infinite population
+    n = 8
+    pool = build_pool(CoalitionDesign(n, seed=0).take(120), np.zeros(120), 0.0, 0.0)
+    strata, exhausted = unit_strata(pool)
+    weights = bootstrap_weights(pool, 4000, seed=1)
+    cls = np.minimum(pool.sizes, n - pool.sizes)
+    checked = 0
+    for c in range(1, n // 2 + 1):
+        if exhausted[c] or not (cls == c).any():
+            continue
+        sizes = {c, n - c}
+        f = np.isin(pool.sizes, list(sizes)).sum() / sum(math.comb(n, k) for k in sizes)
+        w = weights[:, cls == c]
+        assert abs(w.mean() - 1.0) < 0.02
+        assert w.var(axis=0).mean() == pytest.approx(1.0 - f, rel=0.1)
+        checked += f > 0.2
+    assert checked >= 1  # at least one class where the correction matters
 
 
 def test_bootstrap_resamples_pairs_together():
@@ -124,12 +151,69 @@ def test_each_result_says_what_its_interval_leaves_out():
     assert px["known_bias"].startswith("biased") and "the proxy's bias" in px["interval_excludes"]
 
 
-def test_regression_msr_claims_no_zero_width_where_it_is_not_exact():
-    # On a complete pool the cross-fitted correction is not exact (about 20% off at n = 4); an interval
-    # that held every complete size fixed had zero width there.
+def test_regression_msr_is_exact_on_a_complete_pool_and_its_width_is_only_the_noise():
+    # On the complete sizes the correction uses residuals against the mean proxy, so it is exact there;
+    # out-of-fold residuals left it about 20% off at n = 4, where holding the sizes fixed claimed a zero width.
     game = CoverageGame.random(4, seed=1)
     every = CoalitionDesign(4, seed=0).take(14)
-    res = estimate(every, game(every), empty_value=game.empty_value, full_value=game.full_value,
-                   estimator="regression-msr", n_bootstrap=50)
-    error = np.abs(res.values - game.shapley_values()).max()
-    assert error > 0.01 and np.min(res.ci_high - res.ci_low) > 1e-3
+    kw = dict(empty_value=game.empty_value, full_value=game.full_value, estimator="regression-msr", n_bootstrap=50)
+    res = estimate(every, game(every), **kw)
+    assert np.abs(res.values - game.shapley_values()).max() < 1e-9
+    assert np.max(res.ci_high - res.ci_low) < 1e-9  # true: nothing sampled, and no noise in these utilities...
+    assert "unknown" in scope_columns(res)["interval_excludes"]  # ...but the table must not claim the noise is nil
+    noisy = estimate(every, game(every), noise=(0.05, 10), **kw)
+    assert np.min(noisy.ci_high - noisy.ci_low) > 0.05 and noisy.noise_std == 0.05
+    assert "unknown" not in scope_columns(noisy)["interval_excludes"]
+
+
+def test_exact_with_replicates_has_intervals_that_cover_the_noise_free_values():
+    n, sigma = 5, 0.05
+    game = CoverageGame.random(n, seed=1)
+    every = CoalitionDesign(n, seed=0).take(2**n - 2)
+    phi = game.shapley_values()
+    ends = np.stack([np.zeros(n, bool), np.ones(n, bool)])
+    inside, widths = [], []
+    for r in range(400):
+        rng = np.random.default_rng(r)
+        values = game(every) + sigma * rng.standard_normal(len(every))
+        v0, vn = game(ends) + sigma * rng.standard_normal(2)
+        replicates = sigma * rng.standard_normal((5, 3))  # ∅, N and 3 coalitions measured 3 times
+        s_hat = np.sqrt(replicates.var(axis=1, ddof=1).mean())
+        res = estimate(every, values, empty_value=v0, full_value=vn, estimator="exact", noise=(s_hat, 10))
+        inside.append(np.mean((res.ci_low <= phi) & (phi <= res.ci_high)))
+        widths.append(np.min(res.ci_high - res.ci_low))
+    assert min(widths) > 0
+    assert 0.92 <= np.mean(inside) <= 0.98
+    # without replicates: no interval, and the table says the noise is unknown
+    res = estimate(every, values, empty_value=v0, full_value=vn, estimator="exact")
+    assert np.all(res.std_errors == 0) and res.noise_std is None
+    assert "utility noise, which is unknown" in scope_columns(res)["interval_excludes"]
+
+
+def test_noise_derivatives_in_closed_form_match_finite_differences():
+    n = 11
+    game = CoverageGame.random(n, seed=0)
+    masks = CoalitionDesign(n, seed=1).take(120)
+    pool = build_pool(masks, game(masks), 0.3, game.full_value, noise=(0.5, 10))
+    for name in ("regression-msr", "proxy"):
+        record = REGISTRY[name]
+        by_differences = dataclasses.replace(record, noise_derivatives=None)
+        for proxy in ("tree", "linear"):
+            closed = noise_jacobian(record, pool, 0, proxy, np.zeros(0, dtype=int))
+            np.testing.assert_allclose(closed, noise_jacobian(by_differences, pool, 0, proxy, np.zeros(0, dtype=int)),
+                                       atol=1e-9)
+
+
+def test_repeated_rows_are_draws_when_told_so():
+    # the paper's i.i.d. kernel plan draws a coalition several times and measures it once: identical
+    # repeats must not read as a measurement of zero noise
+    n = 4
+    game = CoverageGame.random(n, seed=2)
+    every = CoalitionDesign(n, seed=0).take(2**n - 2)
+    masks = np.vstack([every, every[:5]])
+    kw = dict(empty_value=game.empty_value, full_value=game.full_value, estimator="exact")
+    assert estimate(masks, game(masks), **kw).noise_std == 0.0  # read as measurements: "no noise"
+    drawn = estimate(masks, game(masks), repeats_are_draws=True, **kw)
+    assert drawn.noise_std is None and "unknown" in scope_columns(drawn)["interval_excludes"]
+    given = estimate(masks, game(masks), noise=(0.1, 4), **kw)
+    assert given.noise_std == 0.1 and np.all(given.std_errors > 0)

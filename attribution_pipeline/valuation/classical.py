@@ -1,7 +1,8 @@
 """Estimators that need a pool of a particular shape: exact enumeration, leave-one-out, permutations.
 
 - ``exact``: every non-trivial coalition is in the pool (2^n − 2 of them; n ≲ 20). No sampling error;
-  when repeated rows measure the utility's noise, it is propagated through the (linear) formula.
+  when the utility's noise is known (repeated rows or replicates), it is propagated through the (linear)
+  formula (``estimate`` adds that of v(∅) and v(N)); when it is not, the result says so.
 - ``loo``: the n leave-one-out coalitions N∖{i} are in the pool; value_i = v(N) − v(N∖{i}). Not a
   Shapley estimate (value_kind "loo"); the paper's strongest baseline on CIFAR-20.
 - ``permutation`` (antithetic): the pool's rows, in order, are blocks of n − 1 rows forming chains
@@ -43,12 +44,12 @@ def exact(pool: CoalitionPool, seed: int, n_draws: int) -> RawEstimate:
     values = (alpha * pool.mean_values) @ z - (beta * pool.mean_values) @ (1.0 - z) + pool.delta / n
     if pool.noise_std is None:
         return RawEstimate(values, None, np.zeros(n), None,
-                           "exact enumeration; no sampling error; utility noise unknown (no repeated rows)")
-    inv_m = 1.0 / pool.multiplicity
+                           "exact enumeration; no sampling error; utility noise unknown (no repeated rows or replicates)")
+    inv_m = 1.0 / pool.evaluations
     var = pool.noise_std**2 * ((alpha**2 * inv_m) @ z + (beta**2 * inv_m) @ (1.0 - z))
     se = np.sqrt(var)
     return RawEstimate(values, _noise_draws(values, se, n_draws, seed), se, pool.noise_dof,
-                       "exact enumeration; utility noise from repeated rows propagated (v(∅), v(N) exact)")
+                       f"exact enumeration; utility noise from {pool.noise_source} propagated through the formula")
 
 
 def loo_rows(pool: CoalitionPool) -> np.ndarray | None:
@@ -67,11 +68,11 @@ def leave_one_out(pool: CoalitionPool, seed: int, n_draws: int) -> RawEstimate:
     if pool.noise_std is None:
         return RawEstimate(values, None, None, 0,
                            "none: leave-one-out has no sampling error to resample and the utility noise "
-                           "is unknown (evaluate the coalitions more than once to get intervals)",
+                           "is unknown (measure replicates, or the coalitions more than once, to get intervals)",
                            warnings=["loo: no repeated rows, so no noise estimate; intervals are NaN"])
-    se = pool.noise_std / np.sqrt(pool.multiplicity[rows])
+    se = pool.noise_std / np.sqrt(pool.evaluations[rows])
     return RawEstimate(values, _noise_draws(values, se, n_draws, seed), se, pool.noise_dof,
-                       "utility noise from repeated rows (v(N) exact)")
+                       f"utility noise from {pool.noise_source} of the coalitions N∖{{i}}")
 
 
 def permutation_chains(pool: CoalitionPool) -> tuple[np.ndarray | None, str]:

@@ -37,6 +37,12 @@ class Estimator:
     - ``run(pool, *, seed, n_bootstrap, proxy)``: the estimate with what its intervals come from.
     - ``sampled``: False when the estimate has no sampling error from the choice of coalitions
       (exact enumeration), so the small-budget warning does not apply.
+    - ``holds_complete_strata``: its bootstrap holds the complete pair classes fixed
+      (``pool.bootstrap_weights(stratified=True)``), so their utility noise is not in its resamples and
+      ``estimate`` adds it when the noise is known.
+    - ``noise_derivatives(pool, held)``: ∂φ/∂v(∅), ∂φ/∂v(N) and ∂φ/∂v(S) for the ``held`` coalitions,
+      (n, 2 + len(held)), in closed form; None: ``estimate`` takes them by finite differences of the
+      point estimate (one more fit each).
     """
 
     name: str
@@ -44,6 +50,8 @@ class Estimator:
     needs: Callable[[CoalitionPool], str | None]
     run: Runner
     sampled: bool = True
+    holds_complete_strata: bool = False
+    noise_derivatives: Callable[[CoalitionPool, np.ndarray], np.ndarray] | None = None
 
 
 def needs_coverage(pool: CoalitionPool) -> str | None:

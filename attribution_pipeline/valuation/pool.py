@@ -3,7 +3,10 @@
 Every estimator reads one ``CoalitionPool``. Rows of ``masks`` that repeat a coalition (the same
 coalition evaluated with several seeds) are merged into one *distinct coalition* whose utility is the
 mean of its evaluations and whose *multiplicity* is the number of evaluations; the spread inside the
-repeats estimates the utility's noise. A coalition and its complement, when both are present, form one
+repeats estimates the utility's noise, unless the noise is given from outside the pool (replicates measured
+with other seeds, ``build_pool(noise=...)``): then repeated rows are draws of the design (the paper's
+i.i.d. kernel plan draws a coalition several times and measures it once), weighted by their count but
+not read as independent measurements. A coalition and its complement, when both are present, form one
 bootstrap *unit* (pairs are resampled together, never split); any other coalition is a unit of its own.
 """
 
@@ -27,8 +30,11 @@ class CoalitionPool:
     - ``sizes`` (U,) int in 1..n−1: the strata the estimators re-weight by.
     - ``complement`` (U,) int: index of the complement among the distinct coalitions, or −1.
     - ``unit`` (U,) int in 0..n_units−1: bootstrap unit (a coalition with its complement share one).
-    - ``noise_std``: pooled within-repeat standard deviation of one evaluation (utility units), or None
-      when no coalition was evaluated twice; ``noise_dof``: its degrees of freedom (B − U).
+    - ``evaluations`` (U,) int ≥ 1: independent measurements behind each mean: ``multiplicity``, or 1
+      for every coalition when the noise was given from outside (repeats are then design draws).
+    - ``noise_std``: standard deviation of one measurement (utility units), v(∅) and v(N) included: the
+      given one, else the pooled within-repeat one, or None when unknown (no coalition evaluated twice);
+      ``noise_dof``: its degrees of freedom (B − U for repeats); ``noise_source``: where it came from.
     """
 
     n_players: int
@@ -46,6 +52,12 @@ class CoalitionPool:
     n_units: int
     noise_std: float | None
     noise_dof: int
+    evaluations: np.ndarray | None = None
+    noise_source: str = "repeated rows"
+
+    def __post_init__(self):
+        if self.evaluations is None:
+            object.__setattr__(self, "evaluations", self.multiplicity)
 
     @property
     def n_rows(self) -> int:
@@ -142,19 +154,44 @@ def _paired_units(coalitions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return complement, unit.reshape(-1)
 
 
-def build_pool(masks, values, empty_value: float, full_value: float) -> CoalitionPool:
+def check_noise(noise) -> tuple[float, int, str] | None:
+    """``noise`` as (σ ≥ 0, dof ≥ 1, source), or ValueError: None, (σ, dof) or (σ, dof, source)."""
+    if noise is None:
+        return None
+    if not isinstance(noise, (tuple, list)) or len(noise) not in (2, 3):
+        raise ValueError(f"noise must be (std, dof) or (std, dof, source), got {noise!r}")
+    std, dof = float(noise[0]), noise[1]
+    if not np.isfinite(std) or std < 0:
+        raise ValueError(f"noise std must be a finite number >= 0, got {noise[0]!r}")
+    if int(dof) != dof or dof < 1:
+        raise ValueError(f"noise dof must be an integer >= 1 (replicates − 1, summed), got {dof!r}")
+    return std, int(dof), str(noise[2]) if len(noise) == 3 else "replicates"
+
+
+def build_pool(masks, values, empty_value: float, full_value: float, noise=None,
+               repeats_are_draws: bool = False) -> CoalitionPool:
     """Validate ``masks`` (B, n) and ``values`` (B,), merge repeats, and find complement pairs.
 
+    noise: None (repeated rows, if any, estimate the utility noise), or (σ, dof[, source]) estimated
+    outside the pool (replicates); then repeated rows are design draws (see the module docstring).
+    repeats_are_draws: repeated rows are design draws even without ``noise`` (the noise is then unknown).
+
     Raises ValueError, naming the rule and the fix, on: a shape mismatch, fewer than 2 contributors,
-    non-finite utilities, or a row that is the empty or the full coalition.
+    non-finite utilities, a row that is the empty or the full coalition, or a malformed ``noise``.
     """
     masks, values = _validated(masks, values, empty_value, full_value)
+    given = check_noise(noise)
     n_rows, n = masks.shape
     coalitions, multiplicity, mean_values, row_index = _merged(masks, values)
     # Pooled within-repeat variance: B − U degrees of freedom, one lost per distinct coalition's mean.
     noise_dof = int(n_rows - len(coalitions))
-    noise_std = None
-    if noise_dof > 0:
+    noise_std, evaluations, source = None, multiplicity, "repeated rows"
+    if given is not None:
+        noise_std, noise_dof, source = given
+        evaluations = np.ones_like(multiplicity)
+    elif repeats_are_draws:
+        noise_dof, evaluations = 0, np.ones_like(multiplicity)
+    elif noise_dof > 0:
         ss = float(np.sum((values - mean_values[row_index]) ** 2))
         noise_std = float(np.sqrt(ss / noise_dof))
     complement, unit = _paired_units(coalitions)
@@ -174,6 +211,8 @@ def build_pool(masks, values, empty_value: float, full_value: float) -> Coalitio
         n_units=int(unit.max()) + 1,
         noise_std=noise_std,
         noise_dof=noise_dof,
+        evaluations=evaluations,
+        noise_source=source,
     )
 
 
@@ -222,7 +261,9 @@ def bootstrap_weights(pool: CoalitionPool, n_resamples: int, seed: int, stratifi
     *not* the original sample; callers add the point estimate themselves.
 
     ``stratified`` (the default, for the estimators that re-weight by size): units are drawn within
-    their pair class (``unit_strata``), as many as the pool has there, and an **exhausted** class (every
+    their pair class (``unit_strata``) by the Rao-Wu rescaled bootstrap (k − 1 draws of the class's k
+    units, rescaled, with the finite-population correction: at n = 10 and B = 20n the pool holds a third
+    of some classes, and drawing them as from an infinite population covered 0.995), and an **exhausted** class (every
     coalition of sizes c and n − c evaluated, e.g. sizes 1 and n − 1 under the Shapley kernel at small n)
     is held fixed: it has no sampling error, and resampling it as if drawn from an infinite population
     inflated the intervals 1.4–2.3× on saturating games. What such a class does carry is the utility's
@@ -234,13 +275,32 @@ def bootstrap_weights(pool: CoalitionPool, n_resamples: int, seed: int, stratifi
     if not stratified:
         counts = rng.multinomial(pool.n_units, np.full(pool.n_units, 1.0 / pool.n_units), size=n_resamples)
         return counts[:, pool.unit].astype(np.float64) * pool.multiplicity[None, :]
-    groups = _resampling_groups(*unit_strata(pool))
+    strata, exhausted = unit_strata(pool)
+    groups = _resampling_groups(strata, exhausted)
+    fraction = _sampled_fractions(pool, strata, groups)
     counts = np.ones((n_resamples, pool.n_units))
     for g in np.unique(groups[groups >= 0]):
         members = np.flatnonzero(groups == g)
-        counts[:, members] = rng.multinomial(len(members), np.full(len(members), 1.0 / len(members)),
-                                             size=n_resamples)
+        k = len(members)
+        # Rao-Wu rescaling (k − 1 draws): unbiased for the variance of a linear statistic, with the
+        # finite-population correction 1 − f of a class the pool holds a fraction f of
+        lam = np.sqrt(max(0.0, 1.0 - fraction[g]))
+        draws = rng.multinomial(k - 1, np.full(k, 1.0 / k), size=n_resamples)
+        counts[:, members] = 1.0 - lam + lam * k / (k - 1) * draws
     return counts[:, pool.unit] * pool.multiplicity[None, :]
+
+
+def _sampled_fractions(pool: CoalitionPool, strata: np.ndarray, groups: np.ndarray) -> dict[int, float]:
+    """{group: fraction of the coalitions of its sizes that the pool holds} (the sampling fraction f)."""
+    n = pool.n_players
+    population = np.exp(log_comb(n, np.arange(n + 1)))
+    held = np.bincount(pool.sizes, minlength=n + 1)
+    out = {}
+    for g in np.unique(groups[groups >= 0]):
+        classes = np.unique(strata[groups == g])
+        sizes = np.unique(np.concatenate([classes, n - classes]))
+        out[int(g)] = float(held[sizes].sum() / population[sizes].sum())
+    return out
 
 
 def stratified_note(pool: CoalitionPool) -> str:
@@ -251,7 +311,7 @@ def stratified_note(pool: CoalitionPool) -> str:
         return "units resampled within pair classes"
     sizes = ", ".join(f"{c} and {pool.n_players - c}" if c != pool.n_players - c else f"{c}" for c in held)
     return (f"units resampled within pair classes; sizes {sizes} are complete and held fixed "
-            f"(no sampling error; their utility noise is not in the interval)")
+            f"(no sampling error, only utility noise)")
 
 
 def point_and_bootstrap_weights(pool: CoalitionPool, n_resamples: int, seed: int,

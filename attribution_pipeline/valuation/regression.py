@@ -174,7 +174,7 @@ def _regression_estimator(name: str, row_weights: RowWeights,
                            f"pair bootstrap ({n_bootstrap} resamples of {pool.n_units} units; {how})",
                            warnings=[warning] if warning else [])
 
-    return Estimator(name, "shapley", needs_regression, run)
+    return Estimator(name, "shapley", needs_regression, run, holds_complete_strata=stratified)
 
 
 KERNELSHAP = _regression_estimator("kernelshap", kernelshap_weights)

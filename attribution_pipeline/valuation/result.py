@@ -88,6 +88,10 @@ def summarize(raw: RawEstimate, *, estimator: str, value_kind: str, n_coalitions
     values = np.asarray(raw.values, dtype=np.float64)
     n = len(values)
     draws = raw.draws
+    if draws is not None and len(draws):
+        # a resample that lost every coalition a contributor is in (or out of) has no estimate: drop it
+        # rather than rank NaNs (banzhaf-msr on a small pool)
+        draws = draws[np.all(np.isfinite(draws), axis=1)]
     if draws is None or len(draws) == 0:
         draws = values[None, :]
     if raw.std_errors is not None:

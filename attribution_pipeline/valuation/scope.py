@@ -11,8 +11,9 @@ from __future__ import annotations
 from attribution_pipeline.valuation.result import ValuationResult
 
 SFT_GAP = "the gap between the utility method (e.g. sFT) and retraining"
-ENDS = "the noise of v(∅) and v(N) (each measured once)"
-UNKNOWN_NOISE = "the utility noise, which is unknown (each coalition measured once)"
+ENDS = "the noise of v(∅) and v(N), which is unknown (each measured once, no replicates)"
+UNKNOWN_NOISE = "the utility noise, which is unknown (each coalition measured once, no replicates)"
+HELD = "the utility noise of the complete sizes held fixed, which is unknown"
 
 KNOWN_BIAS = {
     "proxy": "biased: the values of a bagged tree/linear proxy of the utility, shrunk toward equal shares; "
@@ -23,16 +24,21 @@ KNOWN_BIAS = {
 
 
 def interval_excludes(res: ValuationResult) -> str:
-    """What the interval of ``res`` does not cover, as one '; '-joined sentence."""
+    """What the interval of ``res`` does not cover, as one '; '-joined sentence.
+
+    With the utility noise known (replicates, or repeated rows), ``estimate`` puts the noise of v(∅),
+    v(N) and of any coalitions its resampling holds fixed into every interval; without it, those are
+    named here. The gap between the utility method and retraining is never in an interval."""
     out = []
-    if res.estimator in ("exact", "loo"):
-        out.append(UNKNOWN_NOISE if res.noise_std is None else ENDS)
-    elif res.estimator == "proxy":
-        out += ["the proxy's bias", ENDS]
-    elif res.estimator != "permutation":  # a permutation chain starts at ∅ and ends at N: they are in it
-        out.append(ENDS)
-    if "held fixed (no sampling error" in res.uncertainty:
-        out.append("the utility noise of the complete sizes held fixed")
+    if res.estimator == "proxy":
+        out.append("the proxy's bias")
+    if res.noise_std is None:
+        if res.estimator in ("exact", "loo"):
+            out.append(UNKNOWN_NOISE)
+        else:
+            out.append(ENDS)
+            if "held fixed" in res.uncertainty:
+                out.append(HELD)
     out.append(SFT_GAP)
     return "; ".join(out)
 
