@@ -41,6 +41,12 @@ def _print_scope(row: dict, out) -> None:
         return
     print(f"      interval: {row['uncertainty']}", file=out)
     print(f"      not in the interval: {row['interval_excludes']}", file=out)
+    if "noise_std" in row:
+        if row["noise_std"] is None:
+            print("      utility noise: unknown (no replicates; set valuation.replicates >= 2)", file=out)
+        else:
+            print(f"      utility noise: σ = {row['noise_std']:.4g} per measurement ({row['noise_dof']} dof, from "
+                  "the replicates of ∅, N and the first planned coalitions), in the interval", file=out)
     if row.get("singleton_share") is not None:
         print(f"      from no data to one contributor's: {100 * row['singleton_share']:.0f}% of v(N) - v(∅) "
               "(mean over the singletons)", file=out)

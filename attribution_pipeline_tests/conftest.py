@@ -39,7 +39,8 @@ TINY_OVERRIDES = {
     "prune": {"finetune_steps": 10, "batch_size": 32},
     "finetune": {"steps": 5, "batch_size": 16},
     "sampling": {"n_images": 32, "ddim_steps": 4, "batch_size": 32},
-    "valuation": {"budget": 6, "coalitions_per_run": 4},
+    # no replicates by default (they double the coalition work); test_pipeline measures them
+    "valuation": {"budget": 6, "coalitions_per_run": 4, "replicates": 1},
 }
 
 

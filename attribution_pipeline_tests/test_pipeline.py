@@ -11,7 +11,9 @@ import pytest
 from attribution_pipeline.coalitions import EMPTY_KEY
 from attribution_pipeline.defs.partitions import coalition_partitions
 from attribution_pipeline.layout import RunLayout
+from attribution_pipeline.report import print_table
 from attribution_pipeline.runner import run_valuation
+from attribution_pipeline.storage.artifacts import read_manifest
 from attribution_pipeline.stages import partition_runs
 from attribution_pipeline.stages import read_plan
 from attribution_pipeline.storage.results import ResultStore
@@ -193,3 +195,66 @@ def test_v_full_is_a_stated_choice_and_the_singleton_share_is_reported(tiny_conf
     assert by_theta["value"].sum() == pytest.approx(utility[("full_model", "quality")] - v0)
     assert store.query("SELECT v_full_source FROM valuation_rounds ORDER BY computed_at")["v_full_source"].to_list() \
         == ["coalition", "full_model"]
+
+
+def test_replicates_measure_the_utility_noise_that_every_interval_then_includes(tiny_config, four_contributors):
+    cfg = tiny_config.override({"contributors_dir": str(four_contributors),
+                                "valuation": {"budget": 8, "replicates": 3, "replicated_coalitions": 2}})
+    out = io.StringIO()
+    assert run_valuation(cfg, out=out) == 0, out.getvalue()
+    layout = RunLayout.at(cfg.workdir)
+    store = ResultStore(layout.database)
+    plan = read_plan(layout)
+    seeds = {r["coalition_key"]: sorted(set(r["seeds"])) for r in store.query(
+        "SELECT coalition_key, list(seed) AS seeds FROM utilities WHERE method = 'sft' GROUP BY coalition_key"
+    ).iter_rows(named=True)}
+    replicated = [EMPTY_KEY, plan.coalitions[0].key, plan.coalitions[1].key, plan.coalitions[2].key]
+    s0 = cfg.finetune.seed
+    assert all(seeds[k] == [s0, s0 + 1, s0 + 2] for k in replicated)
+    assert all(seeds[c.key] == [s0] for c in plan.coalitions[3:] if c.key not in replicated)
+    # replicate j: its own checkpoint and images, generated with generation seed + j
+    images = read_manifest(layout.coalition_run_dir(plan.coalitions[0].key, "sft", s0 + 2) / "images")
+    assert images["noise_seed"] == cfg.sampling.seed + 2
+    rows = store.query("SELECT * FROM latest_shapley_values WHERE is_default").to_dicts()
+    for prop in cfg.valuation.properties:
+        got = store.query("SELECT coalition_key, seed, value FROM utilities WHERE property = ? AND method = 'sft'",
+                          [prop]).to_dicts()
+        groups = {}
+        for r in got:
+            if r["coalition_key"] in replicated:
+                groups.setdefault(r["coalition_key"], []).append(r["value"])
+        ss = sum(float(np.sum((np.array(g) - np.mean(g)) ** 2)) for g in groups.values())
+        expected = np.sqrt(ss / 8)  # 4 coalitions, 2 dof each
+        prop_rows = [r for r in rows if r["property"] == prop]
+        assert all(r["noise_std"] == pytest.approx(expected) and r["noise_dof"] == 8 for r in prop_rows)
+        assert all("unknown" not in r["interval_excludes"] and "replicates" in r["uncertainty"] for r in prop_rows)
+        # the fit reads replicate 0 only: values still sum to v(N) − v(∅) of the first measurements
+        assert sum(r["value"] for r in prop_rows) == pytest.approx(prop_rows[0]["v_full"] - prop_rows[0]["v_empty"])
+    assert store.query("SELECT replicates, design FROM valuation_rounds").row(0) == (3, "paired-kernel")
+    shown = io.StringIO()
+    assert print_table(cfg.workdir, out=shown) == 0
+    assert "utility noise: σ =" in shown.getvalue()
+
+    # without replicates the same table says the noise is unknown, and nothing is measured again
+    out = io.StringIO()
+    assert run_valuation(cfg.override({"valuation": {"replicates": 1}}), out=out) == 0
+    assert "[coalitions]" not in out.getvalue()
+    rows = store.query("SELECT * FROM latest_shapley_values WHERE is_default").to_dicts()
+    assert all(r["noise_std"] is None and "unknown" in r["interval_excludes"] for r in rows)
+
+
+def test_the_papers_kernel_design_counts_repeated_draws_once_measured(tiny_config, four_contributors):
+    cfg = tiny_config.override({"contributors_dir": str(four_contributors),
+                                "valuation": {"budget": 12, "design": "kernel"}})
+    assert run_valuation(cfg, quiet=True) == 0
+    layout = RunLayout.at(cfg.workdir)
+    plan = read_plan(layout)
+    keys = [c.key for c in plan.coalitions[1:]]
+    assert plan.design == "kernel" and len(set(keys)) < len(keys)  # i.i.d. draws repeat coalitions
+    store = ResultStore(layout.database)
+    counts = store.query("SELECT coalition_key, count(*) AS k FROM utilities WHERE method = 'sft' "
+                         "AND property = 'quality' GROUP BY coalition_key")["k"].to_list()
+    assert max(counts) == 1  # a repeated draw is measured once
+    rows = store.query("SELECT * FROM latest_shapley_values").to_dicts()
+    assert "kernelshap-paper" in {r["estimator"] for r in rows}
+    assert all(r["noise_std"] is None for r in rows)  # repeats of one measurement are not a noise estimate

@@ -24,12 +24,13 @@ from attribution_pipeline.defs.resources import PipelineResource
 @dg.asset(group_name=BASE_GROUP, deps=[contributors, pruned_base_model], code_version="1", kinds={"duckdb"})
 def coalition_plan(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """The coalitions to evaluate: the full coalition plus the first ``valuation.budget`` draws of a
-    seeded, prefix-stable, paired design. Registers one coalition partition per coalition (growing
+    seeded, prefix-stable design (``valuation.design``). Registers one coalition partition per distinct
+    coalition (a draw the paper's kernel design repeats is one partition; growing
     the budget only adds partitions) and writes ``plan.json``, which the head indexes into the
     ``coalitions`` table (``storage/index.py``)."""
     plan = stages.plan_coalitions(pipeline.config(), pipeline.layout())
     existing = set(context.instance.get_dynamic_partitions(coalition_partitions.name))
-    new_keys = [c.key for c in plan.coalitions if c.key not in existing]
+    new_keys = list(dict.fromkeys(c.key for c in plan.coalitions if c.key not in existing))
     if new_keys:
         context.instance.add_dynamic_partitions(coalition_partitions.name, new_keys)
     sizes = [c.size for c in plan.coalitions]

@@ -24,7 +24,7 @@ from attribution_pipeline.stages.reference import property_context, score
 from attribution_pipeline.stages.result import Log, StageResult, progress, quiet
 from attribution_pipeline.stages.utility import (
     EMPTY_METHOD, RETRAIN, SFT, UtilitySpec, empty_seed, empty_utility_signature, instruments_signature,
-    untrained_images_signature, utility_spec,
+    replicate_config, replicate_seeds, replicates_apply, untrained_images_signature, utility_spec,
 )
 from attribution_pipeline.storage.artifacts import read_manifest
 from attribution_pipeline.storage.records import rows_in, write_utility_records
@@ -163,31 +163,54 @@ def measure_utility(cfg: PipelineConfig, layout: RunLayout, store: ResultStore |
 
 def measure_utility_all_seeds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore | None, coalition: Coalition,
                               log: Log = quiet) -> list[UtilityOutcome]:
-    """Every utility a valuation by ``cfg.valuation.method`` needs for this coalition (one per seed)."""
+    """Every utility a valuation by ``cfg.valuation.method`` needs for this coalition: one per seed of
+    the method, then its replicates (``utility.replicate_seeds``) when it is a replicated coalition."""
     method = cfg.valuation.method
-    return [measure_utility(cfg, layout, store, coalition, log, method, s) for s in cfg.utility_seeds(method)]
+    outs = [measure_utility(cfg, layout, store, coalition, log, method, s) for s in cfg.utility_seeds(method)]
+    return outs + [measure_utility(rcfg, layout, store, coalition, log, method, s)
+                   for rcfg, s in replicate_seeds(cfg, coalition)]
+
+
+def empty_images_dir(layout: RunLayout, j: int):
+    """Where replicate j of v(∅) keeps its images (j = 0: the untrained model's images folder)."""
+    return layout.untrained_images_dir if j == 0 else layout.untrained_images_dir.parent / f"replicate-{j}" / "images"
+
+
+def _measure_empty_one(cfg: PipelineConfig, layout: RunLayout, store: ResultStore | None, j: int) -> UtilityOutcome:
+    """Replicate j of v(∅): the untrained model (init seed ``train.seed``) with generation seed + j."""
+    start = time.perf_counter()
+    rcfg = replicate_config(cfg, j)
+    folder = empty_images_dir(layout, j)
+    empty = make_coalition([], "empty", -1)
+    seed = empty_seed(cfg) + j
+    cached = _recalled(rcfg, store, folder.parent, EMPTY_KEY, EMPTY_METHOD, seed, empty_utility_signature(rcfg, layout))
+    if cached is not None:
+        m = read_manifest(folder)
+        return UtilityOutcome(empty, StageResult("untrained", True, 0.0), StageResult(m["content_hash"], True, 0.0),
+                              cached, 0.0)
+    model = get_backend(rcfg).build(seed=cfg.train.seed)  # sd_lora: the base model (a zero adapter)
+    img = _generate_and_save(rcfg, model, folder, untrained_images_signature(rcfg))
+    utilities = score(rcfg, layout, load_image_set(folder))
+    elapsed = time.perf_counter() - start
+    _store(store, folder.parent, _utility_rows(
+        rcfg, EMPTY_KEY, utilities, EMPTY_METHOD, seed, elapsed, None, img.metadata["n_images"],
+        empty_utility_signature(rcfg, layout)))
+    return UtilityOutcome(empty, StageResult("untrained", True, 0.0), img, utilities, elapsed)
 
 
 def measure_empty_coalition(cfg: PipelineConfig, layout: RunLayout, store: ResultStore | None,
                             log: Log = quiet) -> UtilityOutcome:
-    """v(∅): images of the untrained model (seeded random init), same noise, same scorers. Not
-    measured again while its stored utilities carry the current inputs signature."""
-    start = time.perf_counter()
-    empty = make_coalition([], "empty", -1)
-    cached = _recalled(cfg, store, layout.untrained_images_dir.parent, EMPTY_KEY, EMPTY_METHOD, empty_seed(cfg),
-                       empty_utility_signature(cfg, layout))
-    if cached is not None:
-        m = read_manifest(layout.untrained_images_dir)
-        return UtilityOutcome(empty, StageResult("untrained", True, 0.0), StageResult(m["content_hash"], True, 0.0),
-                              cached, 0.0)
-    model = get_backend(cfg).build(seed=cfg.train.seed)  # sd_lora: the base model (a zero adapter)
-    img = _generate_and_save(cfg, model, layout.untrained_images_dir, untrained_images_signature(cfg))
-    utilities = score(cfg, layout, load_image_set(layout.untrained_images_dir))
-    elapsed = time.perf_counter() - start
-    _store(store, layout.untrained_images_dir.parent, _utility_rows(
-        cfg, EMPTY_KEY, utilities, EMPTY_METHOD, empty_seed(cfg), elapsed, None, img.metadata["n_images"],
-        empty_utility_signature(cfg, layout)))
-    return UtilityOutcome(empty, StageResult("untrained", True, 0.0), img, utilities, elapsed)
+    """v(∅): images of the untrained model (seeded random init), same noise, same scorers, and its
+    replicates with other generation seeds (``valuation.replicates``). Not measured again while its
+    stored utilities carry the current inputs signature. Returns replicate 0's outcome (the one fitted)."""
+    first = _measure_empty_one(cfg, layout, store, 0)
+    if replicates_apply(cfg):
+        for j in range(1, cfg.valuation.replicates):
+            out = _measure_empty_one(cfg, layout, store, j)
+            if not out.images.skipped:
+                log(f"v(∅) replicate {j} (generation seed + {j}): "
+                    + ", ".join(f"{p}={v:.4g}" for p, v in out.utilities.items()))
+    return first
 
 
 def full_model_utility_signature(cfg: PipelineConfig, layout: RunLayout) -> str:

@@ -49,9 +49,9 @@ def budget_problem(budget: int, n: int) -> str | None:
     return None
 
 
-def _fresh_plan(ids: list[str], budget: int, seed: int) -> Plan:
+def _fresh_plan(ids: list[str], budget: int, seed: int, design_name: str = "paired-kernel") -> Plan:
     n = len(ids)
-    design = CoalitionDesign(n_players=n, seed=seed)
+    design = CoalitionDesign(n_players=n, seed=seed, design=design_name)
     masks = design.take(budget) if budget > 0 else np.zeros((0, n), dtype=bool)
     full = make_coalition(ids, "full", 0)
     sampled = masks_to_coalitions(masks, ids, start_index=1)
@@ -59,7 +59,10 @@ def _fresh_plan(ids: list[str], budget: int, seed: int) -> Plan:
 
 
 def plan_coalitions(cfg: PipelineConfig, layout: RunLayout) -> Plan:
-    """The full coalition plus the first ``valuation.budget`` coalitions of the seeded paired design.
+    """The full coalition plus the first ``valuation.budget`` coalitions of the seeded design
+    (``valuation.design``; paired-kernel by default). The paper's ``kernel`` design draws with
+    replacement: a coalition drawn twice is planned twice (same key, measured once) and counts twice
+    in the fit, as a draw of the design, never as a second measurement.
 
     Prefix-stable: a larger budget keeps every coalition of a smaller one. When the budget covers
     all 2^n − 2 proper coalitions, every one of them is planned (exact Shapley values).
@@ -72,7 +75,7 @@ def plan_coalitions(cfg: PipelineConfig, layout: RunLayout) -> Plan:
     if problem:
         raise ValueError(problem)
     plan = plan_incremental(cfg, layout, budget, seed) if cfg.revaluation.policy == INCREMENTAL else None
-    plan = plan or _fresh_plan(ids, budget, seed)
+    plan = plan or _fresh_plan(ids, budget, seed, cfg.valuation.design)
     plan.base_version = content_hash(layout.pruned_base_dir) if is_complete(layout.pruned_base_dir) else None
     atomic_write_json(layout.workdir / "plan.json", {
         "contributors": plan.contributors, "budget": plan.budget, "seed": seed, "design": plan.design,
@@ -186,4 +189,5 @@ def plan_up_to_date(cfg: PipelineConfig, layout: RunLayout) -> bool:
         return False
     if plan.design.startswith("incremental"):
         return plan.budget >= cfg.valuation.budget
-    return plan.budget == cfg.valuation.budget and plan.seed == cfg.valuation.seed
+    return (plan.budget == cfg.valuation.budget and plan.seed == cfg.valuation.seed
+            and plan.design == cfg.valuation.design)

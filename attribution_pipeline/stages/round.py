@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from attribution_pipeline.coalitions import EMPTY_KEY, Coalition
+from attribution_pipeline.coalitions import EMPTY_KEY, Coalition, make_coalition
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.layout import RunLayout, current_signature, signature
 from attribution_pipeline.stages.contributors import data_versions, read_contributors, too_few
@@ -23,7 +23,9 @@ from attribution_pipeline.stages.measure import full_model_utility_signature
 from attribution_pipeline.stages.models import models_up_to_date
 from attribution_pipeline.stages.plan import Plan, budget_problem, coalitions_by_key, plan_up_to_date, read_plan
 from attribution_pipeline.stages.reference import reference_up_to_date
-from attribution_pipeline.stages.utility import EMPTY_METHOD, empty_seed, empty_utility_signature, utility_spec
+from attribution_pipeline.stages.utility import (
+    EMPTY_METHOD, empty_seed, empty_utility_signature, is_replicated, replicate_seeds, replicates_apply, utility_spec,
+)
 from attribution_pipeline.storage.results import ResultStore
 from attribution_pipeline.valuation import ESTIMATORS_VERSION
 
@@ -61,6 +63,34 @@ def method_utilities(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
     return {k: float(np.mean(list(v.values()))) for k, v in by.items() if set(v) == seeds and k[1] in properties}
 
 
+def replicate_utilities(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coalitions: list[Coalition],
+                        properties: list[str]) -> dict[tuple[str, str], list[float]]:
+    """{(coalition_key, property): [replicate 1, …, r − 1]} of the replicated ``coalitions`` (∅ as a
+    Coalition of kind "empty"), current rows only; a key is present only with every replicate."""
+    out: dict[tuple[str, str], list[float]] = {}
+    method = cfg.valuation.method
+    data = data_versions(read_contributors(layout))
+    for c in coalitions:
+        reps = replicate_seeds(cfg, c)
+        if not reps:
+            continue
+        m = EMPTY_METHOD if c.kind == "empty" else method
+        df = store.utilities_for([c.key], method=m)
+        rows = {(r["seed"], r["property"]): r for r in (df.iter_rows(named=True) if len(df) else [])}
+        for prop in properties:
+            values = []
+            for j, (rcfg, seed) in enumerate(reps, 1):
+                expected = (empty_utility_signature(rcfg, layout) if c.kind == "empty"
+                            else utility_spec(rcfg, layout, c, m, seed, data).utility_signature)
+                row = rows.get((empty_seed(cfg) + j if c.kind == "empty" else seed, prop))
+                if row is None or not _current(row, expected):
+                    break
+                values.append(float(row["value"]))
+            else:
+                out[(c.key, prop)] = values
+    return out
+
+
 @dataclass
 class Pool:
     """The current plan's utilities by one method: what a valuation round would be fitted on."""
@@ -69,8 +99,32 @@ class Pool:
     full: Coalition
     sampled: list[Coalition]
     utilities: dict[tuple[str, str], float]  # {(coalition_key, property): utility}
-    missing: list[str]  # coalition keys (∅ included) lacking a current utility
+    missing: list[str]  # coalition keys (∅ included) lacking a current utility or replicate
     round_id: str | None  # the id the round will have; None while utilities are missing
+    # {(coalition_key, property): [replicates 1..r−1]} of ∅, N and the replicated coalitions
+    replicates: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    v_full_model: bool = False  # v(N) is θ*'s own utility (valuation.v_full = full_model)
+
+    def utility_noise(self, prop: str) -> tuple[float, int, str] | None:
+        """(σ, dof, source) of one measurement of ``prop``: the pooled spread of the replicated
+        coalitions' measurements (replicate 0 and the others), or None without replicates. With v(N)
+        from θ*, N's sFT replicates form a group without replicate 0 (θ* is not one of them)."""
+        groups = []
+        for (key, p), reps in self.replicates.items():
+            if p != prop:
+                continue
+            first = [] if key == self.full.key and self.v_full_model else [self.utilities[(key, p)]]
+            groups.append(np.array(first + list(reps)))
+        dof = sum(len(g) - 1 for g in groups)
+        if dof < 1:
+            return None
+        ss = sum(float(np.sum((g - g.mean()) ** 2)) for g in groups)
+        r = 1 + max(len(reps) for (_, p), reps in self.replicates.items() if p == prop)
+        return (float(np.sqrt(ss / dof)), int(dof),
+                f"replicates ({r} measurements each of ∅, N and {len(groups) - 2} coalitions with other fine-tune and "
+                "generation seeds, taken as independent between coalitions (an overstatement where the shared "
+                "generation seeds cancel))")
 
 
 def gather_pool(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> Pool:
@@ -89,11 +143,17 @@ def gather_pool(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> P
     if cfg.valuation.v_full == "full_model":  # v(N) is θ*'s own utility, not the full coalition's
         have = {k: v for k, v in have.items() if k[0] != full.key}
         have.update({(full.key, p): v for p, v in full_model_utilities(cfg, layout, store).items()})
-    missing = sorted({k for k in [*keys, EMPTY_KEY] for p in properties if (k, p) not in have})
+    missing = {k for k in [*keys, EMPTY_KEY] for p in properties if (k, p) not in have}
+    replicated = [make_coalition([], "empty", -1)] + [c for c in plan.coalitions if is_replicated(cfg, c)]
+    reps = replicate_utilities(cfg, layout, store, list({c.key: c for c in replicated}.values()), properties)
+    if replicates_apply(cfg):
+        missing |= {c.key for c in replicated for p in properties if (c.key, p) not in reps}
+    missing = sorted(missing)
     round_id = None if missing else "r-" + signature(plan.content_hash, sorted(have.items()), cfg.valuation.estimator,
                                                      cfg.valuation.seed, method, ESTIMATORS_VERSION,
-                                                     *([] if cfg.valuation.v_full == "coalition" else ["v(N) by θ*"]))
-    return Pool(plan, full, sampled, have, missing, round_id)
+                                                     *([] if cfg.valuation.v_full == "coalition" else ["v(N) by θ*"]),
+                                                     *([sorted(reps.items())] if reps else []))
+    return Pool(plan, full, sampled, have, missing, round_id, reps, cfg.valuation.v_full == "full_model")
 
 
 def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) -> list[tuple[str, str, int]]:
@@ -141,8 +201,9 @@ def split_work(cfg: PipelineConfig, layout: RunLayout, coalitions: Sequence[Coal
     train, rescore = [], []
     for c in coalitions:
         ok = True
-        for seed in cfg.utility_seeds(method):
-            spec = utility_spec(cfg, layout, c, method, seed, data)
+        seeds = [(cfg, s) for s in cfg.utility_seeds(method)] + replicate_seeds(cfg, c)
+        for ccfg, seed in seeds:
+            spec = utility_spec(ccfg, layout, c, method, seed, data)
             ok &= current_signature(spec.checkpoint_dir) == spec.checkpoint_signature
         (rescore if ok else train).append(c.key)
     return CoalitionWork(train, rescore)

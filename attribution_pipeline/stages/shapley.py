@@ -55,13 +55,19 @@ def _fit_property(cfg: PipelineConfig, pool: Pool, masks: np.ndarray, prop: str,
     values = np.array([pool.utilities[(c.key, prop)] for c in pool.sampled], dtype=float)
     v0, vn = pool.utilities[(EMPTY_KEY, prop)], pool.utilities[(pool.full.key, prop)]
     common = {**common, "v_full": float(vn), "v_empty": float(v0), "singleton_share": _singleton_share(pool, prop, v0, vn)}
-    fit = dict(empty_value=v0, full_value=vn, seed=cfg.valuation.seed)
+    noise = pool.utility_noise(prop)
+    # Without replicates the noise is unknown; repeated plan rows (the kernel design's) are draws either way.
+    fit = dict(empty_value=v0, full_value=vn, seed=cfg.valuation.seed, noise=noise, repeats_are_draws=True)
+    common = {**common, "noise_std": None if noise is None else noise[0],
+              "noise_dof": None if noise is None else noise[1]}
     default = estimate(masks, values, estimator=cfg.valuation.estimator, **fit)
     rows = _value_rows(default, True, pool.plan.contributors, prop, common)
     warnings = [f"{prop}: {w}" for w in default.warnings]
     for name in applicable_estimators(masks, len(pool.plan.contributors)):
         if name == default.estimator:
             continue
+        if name == "kernelshap-paper" and cfg.valuation.design != "kernel":
+            continue  # its weights assume i.i.d. kernel draws (valuation.design = "kernel")
         try:
             rows += _value_rows(estimate(masks, values, estimator=name, **fit), False, pool.plan.contributors,
                                 prop, common)
@@ -90,6 +96,7 @@ def _round_row(cfg: PipelineConfig, layout: RunLayout, pool: Pool, rows: list[di
             "versions": json.dumps(versions.snapshot()), "method": method,
             "estimator": next((r["estimator"] for r in rows if r["is_default"]), None),
             "instrument": instrument_description(layout), "warnings": warnings, "v_full_source": cfg.valuation.v_full,
+            "design": pool.plan.design, "replicates": cfg.valuation.replicates if pool.replicates else 1,
             "confirmed_at": now,
             **round_lineage(cfg, layout, pool.plan.contributors)}
 

@@ -7,6 +7,12 @@ where its artifacts live.
 
 v(∅) is the untrained model's, one measurement for every method, stored under ``sft`` with the
 fine-tune seed (``EMPTY_METHOD``).
+
+Replicates (``valuation.replicates`` = r > 1, sft and ft): v(∅), v(N) and the first
+``valuation.replicated_coalitions`` planned coalitions are measured r times; replicate j > 0 uses
+fine-tune seed ``finetune.seed + j`` (its utility rows carry that seed) and generation seed
+``sampling.seed + j``. The fit uses replicate 0 only, so every coalition keeps the shared generation
+seeds (common random numbers); the replicates measure the noise of one measurement.
 """
 
 from __future__ import annotations
@@ -57,6 +63,31 @@ def run_dir(cfg: PipelineConfig, layout: RunLayout, key: str, method: str, seed:
     fine-tune seed directly in the coalition's folder, anything else in ``<method>-seed<seed>``."""
     default = method == SFT and seed == cfg.finetune.seed
     return layout.coalition_run_dir(key, method, None if default else seed)
+
+
+def replicate_config(cfg: PipelineConfig, j: int) -> PipelineConfig:
+    """The config of replicate j: generation seed ``sampling.seed + j`` (j = 0: ``cfg`` itself)."""
+    return cfg if j == 0 else cfg.override({"sampling": {"seed": cfg.sampling.seed + j}})
+
+
+def replicates_apply(cfg: PipelineConfig) -> bool:
+    """Whether this valuation measures replicates (r > 1, by sft or ft)."""
+    return cfg.valuation.replicates > 1 and cfg.valuation.method != RETRAIN
+
+
+def is_replicated(cfg: PipelineConfig, coalition: Coalition) -> bool:
+    """Whether ``coalition`` (a planned one, or ∅) is measured with replicates: ∅, N and the first
+    ``valuation.replicated_coalitions`` coalitions of the plan."""
+    if not replicates_apply(cfg):
+        return False
+    return coalition.kind in ("empty", "full") or 1 <= coalition.plan_index <= cfg.valuation.replicated_coalitions
+
+
+def replicate_seeds(cfg: PipelineConfig, coalition: Coalition) -> list[tuple[PipelineConfig, int]]:
+    """(config, fine-tune seed) of replicates 1..r−1 of ``coalition``; [] when it has none."""
+    if not is_replicated(cfg, coalition):
+        return []
+    return [(replicate_config(cfg, j), cfg.finetune.seed + j) for j in range(1, cfg.valuation.replicates)]
 
 
 def instruments_signature(cfg: PipelineConfig, layout: RunLayout) -> list:

@@ -23,7 +23,8 @@ from attribution_pipeline.storage.artifacts import atomic_write_bytes
 RECORDS_DIR = "utilities"
 FORMAT = 1
 # where run folders sit: coalitions/<key>/ (sFT), coalitions/<key>/<method>-seed<s>/, models/<x>/
-RECORD_GLOBS = ("coalitions/*/utilities/*.json", "coalitions/*/*/utilities/*.json", "models/*/utilities/*.json")
+RECORD_GLOBS = ("coalitions/*/utilities/*.json", "coalitions/*/*/utilities/*.json", "models/*/utilities/*.json",
+                "models/*/*/utilities/*.json")  # the last: v(∅)'s replicates (models/untrained/replicate-j)
 
 
 @dataclass(frozen=True)

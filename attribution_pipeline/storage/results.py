@@ -163,6 +163,12 @@ SCHEMA = [
     # when a run last ended on the round (a round computed earlier is current again when the inputs
     # return to what it was fitted on, e.g. a reference switched off and on again)
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS confirmed_at TIMESTAMP",
+    # the utility noise every interval of a row includes (σ of one measurement, its degrees of freedom;
+    # NULL: unknown, no replicates), the measurements per replicated coalition and the plan's design
+    "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS noise_std DOUBLE",
+    "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS noise_dof INTEGER",
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS replicates INTEGER",
+    "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS design VARCHAR",
     """CREATE OR REPLACE VIEW latest_shapley_values AS
         SELECT s.* FROM shapley_values s
         WHERE s.round_id = (SELECT round_id FROM valuation_rounds
