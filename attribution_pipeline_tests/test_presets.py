@@ -42,7 +42,9 @@ TINY = {
     "finetune": {"steps": 3, "batch_size": 8},
     "sampling": {"n_images": 8, "ddim_steps": 3, "batch_size": 8},
     "classifier": {"epochs": 2},
-    "valuation": {"budget": 6},  # 3 contributors: all 6 proper coalitions, exact Shapley values
+    # 3 contributors: all 6 proper coalitions, exact Shapley values; one measurement each (run_stages
+    # measures the primary seed only)
+    "valuation": {"budget": 6, "replicates": 1},
     "properties": {"batch_size": 16},
 }
 

@@ -265,7 +265,7 @@ def next_step(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, accept
         return Step("base", stale)
     pool = gather_pool(cfg, layout, store)
     if EMPTY_KEY in pool.missing:
-        return Step("base", "v(∅) has no current utility")
+        return Step("base", "v(∅) has no current utility" + (" (or lacks a replicate)" if replicates_apply(cfg) else ""))
     if pool.missing:
         return Step("coalitions", f"{len(pool.missing)} planned coalition(s) lack a current "
                                   f"{cfg.valuation.method} utility", pool.missing)
