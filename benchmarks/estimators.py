@@ -34,10 +34,14 @@ measured table; each repeat draws a pool from it at B = 10n with design seed r (
 is one measurement, so only the coalition sampling varies) and scores every row against the exact values:
 mean relative error with a 95% interval over repeats, bias (‖mean φ̂ − φ‖ / ‖φ‖: what averaging pools
 cannot remove), coverage of the 95% intervals, and design-seed reproducibility (mean Spearman between the
-estimates of pools r and r + 1).
+estimates of pools r and r + 1). A second table follows ``auto`` and the paper's estimator over budgets
+5n…50n (``--real-game-only`` writes both to results/estimators-real-game.md); the default budget is read
+off it.
 
 Coverage is measured at n = 20, B = 10n on the coverage game and on an airport game (v(S) = the costliest
-member's cost: a saturating game, where the kernel's complete sizes matter most), each noise-free and at ρ = 0.1.
+member's cost: a saturating game, where the kernel's complete sizes matter most), each noise-free and at ρ = 0.1,
+with the noise estimate the pipeline's default replicates give (∅, N and 3 coalitions measured 3 times: 10
+degrees of freedom, simulated with the game's σ), so every interval includes the noise of v(∅) and v(N).
 
 Metrics: relative error ‖φ̂ − φ‖₂ / ‖φ‖₂ and Spearman correlation with the truth, means over repeats;
 coverage of the 95% intervals at n = 20, B = 10n, ρ = 0.1 over ≥ 200 repeats (fraction of
@@ -110,8 +114,9 @@ class Pools:
         return masks[:rows], values[:rows], v0, v_n
 
 
-def run_cell(pools: Pools, seed: int, budget: int, n_bootstrap: int, timings: dict) -> dict:
-    """All rows for one (pool seed, budget): label → ValuationResult; auto reuses what it picked."""
+def run_cell(pools: Pools, seed: int, budget: int, n_bootstrap: int, timings: dict, noise=None) -> dict:
+    """All rows for one (pool seed, budget): label → ValuationResult; auto reuses what it picked.
+    noise: (σ̂, dof, source) passed to every estimate (the pipeline's replicates), or None."""
     out, done = {}, {}
     for label, estimator, design, kwargs in ROWS:
         masks, values, v0, v_n = pools.get(design, seed, budget)
@@ -122,7 +127,7 @@ def run_cell(pools: Pools, seed: int, budget: int, n_bootstrap: int, timings: di
         if key not in done:
             start = time.perf_counter()
             done[key] = estimate(masks, values, empty_value=v0, full_value=v_n, estimator=chosen, seed=seed,
-                                 n_bootstrap=n_bootstrap, **kwargs)
+                                 n_bootstrap=n_bootstrap, noise=noise, **kwargs)
             timings.setdefault(label, []).append(time.perf_counter() - start)
         out[label] = done[key]
     return out
@@ -175,10 +180,14 @@ def coverage(repeats: int, n: int = 20, mult: int = 10, rho: float = 0.1, n_boot
     """Rows (label, coverage, rank-interval coverage, mean relative half-width, mean error)."""
     game = _coverage_game(game_name, n)
     phi, banzhaf = game.shapley_values(), game.banzhaf_values()
-    pools = Pools(game, mult * n, noise_sd(game, rho))
+    sigma = noise_sd(game, rho)
+    pools = Pools(game, mult * n, sigma)
     hits: dict = {}
     for seed in range(repeats):
-        for label, res in run_cell(pools, seed, mult * n, n_bootstrap, {}).items():
+        # the pipeline's default replicates: ∅, N and 3 coalitions measured 3 times (10 dof)
+        replicates = sigma * np.random.default_rng([seed, 0x2E9]).standard_normal((5, 3))
+        noise = (float(np.sqrt(replicates.var(axis=1, ddof=1).mean())), 10, "simulated replicates")
+        for label, res in run_cell(pools, seed, mult * n, n_bootstrap, {}, noise).items():
             truth = banzhaf if res.value_kind == "banzhaf" else phi
             inside = (res.ci_low <= truth) & (truth <= res.ci_high)
             true_rank = rankdata(-truth, method="min")
@@ -222,10 +231,60 @@ def real_game(path: Path, repeats: int, mult: int = 10, n_bootstrap: int = 200) 
     return out
 
 
+SWEEP_MULTS = (5, 10, 20, 30, 50)
+
+
+def real_budget_sweep(path: Path, repeats: int, mults=SWEEP_MULTS, n_bootstrap: int = 200) -> dict:
+    """{property: rows (B/n, label, error, error CI half-width, coverage, reproducibility)} for auto
+    (paired-kernel pool) and the paper's estimator (its kernel pool) at several budgets of the real game."""
+    out = {}
+    for prop in json.loads(path.read_text())["properties"]:
+        game, _ = load_measured_game(path, prop)
+        phi = game.shapley_values()
+        n = game.n_players
+        pools = Pools(game, max(mults) * n, 0.0)
+        rows = []
+        for mult in mults:
+            for label, name, design in ((AUTO, "auto", "paired-kernel"), (PAPER, "kernelshap-paper", "kernel")):
+                err, inside, est = [], [], []
+                for seed in range(repeats):
+                    masks, values, v0, v_n = pools.get(design, seed, mult * n)
+                    res = estimate(masks, values, empty_value=v0, full_value=v_n, estimator=name, seed=seed,
+                                   n_bootstrap=n_bootstrap)
+                    err.append(np.linalg.norm(res.values - phi) / np.linalg.norm(phi))
+                    inside.append(np.mean((res.ci_low <= phi) & (phi <= res.ci_high)))
+                    est.append(res.values)
+                repro = [spearmanr(est[r], est[r + 1]).statistic for r in range(0, len(est) - 1, 2)]
+                err = np.array(err)
+                rows.append((mult, label, float(err.mean()), float(1.96 * err.std(ddof=1) / np.sqrt(len(err))),
+                             float(np.mean(inside)), float(np.nanmean(repro))))
+        out[prop] = rows
+    return out
+
+
+def render_budget_sweep(sweep: dict, repeats: int) -> list[str]:
+    if not sweep:
+        return []
+    parts = [f"## Real game by budget: auto (paired-kernel pool) and the paper (kernel pool), {repeats} pools each",
+             "", "Same metrics as above; B counts coalitions drawn (the kernel pool's repeats included), out of "
+             "2^n − 2 = 1022.", ""]
+    for prop, rows in sweep.items():
+        parts += [f"### {prop}", ""]
+        parts += [_table(["B", "estimator", "rel. error", "coverage", "reproducibility"],
+                         [[f"{m}n", lab, f"{e:.3f} ± {h:.3f}", f"{c:.3f}", f"{rp:.2f}"]
+                          for m, lab, e, h, c, rp in rows]), ""]
+    return parts
+
+
 def render_real_game(real: dict, path: Path, repeats: int) -> list[str]:
     if not real:
         return []
+    prov = json.loads(path.read_text())["provenance"]
     parts = [f"## Real game: `{path.name}`, every coalition measured by sFT; B = 10n, {repeats} pools", "",
+             f"The table: {prov['sampled_coalitions']} coalitions besides ∅ and N, measured by the pipeline at commit "
+             f"{prov['commit'][:7]} (`benchmarks/enumerate_game.py`, two local workers of one torch thread); their "
+             f"recorded work summed to {prov['coalition_work_s'] / 3600:.1f} core-hours "
+             f"({prov['coalition_work_s'] / prov['sampled_coalitions']:.1f} s per coalition).", "",
              "Truth: the exact values of the measured table (coalition sampling is all that varies; the "
              "sFT-vs-retraining gap and the utilities' own noise are not in it). Error: mean relative error ± "
              "95% interval over pools; bias: ‖mean φ̂ − φ‖/‖φ‖; coverage of the 95% intervals; reproducibility: "
@@ -335,10 +394,12 @@ def main(argv=None) -> None:
             raise SystemExit(f"{REAL_GAME} does not exist: run benchmarks/enumerate_game.py first")
         start = time.perf_counter()
         real = real_game(REAL_GAME, args.real_repeats)
+        sweep = real_budget_sweep(REAL_GAME, args.real_repeats)
         text = "\n".join(["# Shapley estimators on the enumerated real game", "",
                           f"Generated by `python benchmarks/estimators.py --real-game-only` "
                           f"({time.perf_counter() - start:.0f} s). Pools and metrics: the script's docstring.", "",
-                          *render_real_game(real, REAL_GAME, args.real_repeats)])
+                          *render_real_game(real, REAL_GAME, args.real_repeats),
+                          *render_budget_sweep(sweep, args.real_repeats)])
         out = RESULTS / "estimators-real-game.md"
         out.write_text(text + "\n")
         print(text)
