@@ -46,6 +46,7 @@ class Work:
     """What this process computed for coalitions (cached steps are counted, not timed)."""
 
     coalitions: int = 0
+    models: int = 0  # a coalition's models: one per seed of the method, plus its replicates
     trained: int = 0
     generated: int = 0
     seconds: dict = field(default_factory=lambda: {"finetune_s": 0.0, "generate_s": 0.0, "score_s": 0.0})
@@ -56,6 +57,7 @@ class Work:
             name = materialization.asset_key.path[-1]
             self.coalitions += name == "coalition_utilities"
             self.trained += int(m.get("trained", 0)) if name == "coalition_checkpoint" else 0
+            self.models += int(m.get("models", 1)) if name == "coalition_checkpoint" else 0
             self.generated += int(m.get("generated", 0)) if name == "coalition_images" else 0
             for k in self.seconds:
                 self.seconds[k] += float(m.get(k, 0.0))
@@ -69,7 +71,7 @@ class Work:
         return (f"coalitions: {self.coalitions} measured, {self.trained} model(s) trained "
                 f"({self.seconds['finetune_s']:.1f}s), {self.generated} image set(s) generated "
                 f"({self.seconds['generate_s']:.1f}s), scoring {self.seconds['score_s']:.1f}s; "
-                f"{self.coalitions - self.trained} read their model from cache; wall {wall:.1f}s on {workers} "
+                f"{self.models - self.trained} read their model from cache; wall {wall:.1f}s on {workers} "
                 f"worker(s), orchestration overhead {overhead} of this run's work")
 
 

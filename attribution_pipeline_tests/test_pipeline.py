@@ -202,6 +202,9 @@ def test_replicates_measure_the_utility_noise_that_every_interval_then_includes(
                                 "valuation": {"budget": 8, "replicates": 3, "replicated_coalitions": 2}})
     out = io.StringIO()
     assert run_valuation(cfg, out=out) == 0, out.getvalue()
+    # 9 coalitions (N and 8 planned), N and 2 of them with 2 replicates each: 15 models, none from cache
+    assert "coalitions: 9 measured, 15 model(s) trained" in out.getvalue()
+    assert "; 0 read their model from cache" in out.getvalue()
     layout = RunLayout.at(cfg.workdir)
     store = ResultStore(layout.database)
     plan = read_plan(layout)

@@ -42,14 +42,16 @@ def coalition_plan(context: dg.AssetExecutionContext, pipeline: PipelineResource
     )
 
 
-def _partition_metadata(context, outs: list, method: str) -> None:
+def _partition_metadata(context, outs: list, method: str, n_fitted: int) -> None:
     """Each partition's own metadata on the three coalition assets; seconds are this run's work
-    (0 for a cached step), ``cached`` says which steps were read from cache."""
+    (0 for a cached step), ``cached`` says which steps were read from cache. ``outs``: the method's
+    seeds (the first ``n_fitted``, whose mean the round fits), then the coalition's replicates."""
     out, key = outs[0], outs[0].coalition.key
     context.add_asset_metadata({"members": ", ".join(out.coalition.members), "size": out.coalition.size,
                                 "method": method, "seeds": ", ".join(str(o.extra["seed"]) for o in outs),
                                 "content_hash": out.checkpoint.content_hash,
                                 "trained": sum(not o.checkpoint.skipped for o in outs),
+                                "models": len(outs), "replicates": len(outs) - n_fitted,
                                 "finetune_s": round(sum(o.checkpoint.elapsed_s for o in outs), 3),
                                 "skipped_up_to_date": all(o.checkpoint.skipped for o in outs),
                                 # where it ran: Ray sets CUDA_VISIBLE_DEVICES to the GPU it placed the run on
@@ -61,7 +63,8 @@ def _partition_metadata(context, outs: list, method: str) -> None:
                                 "generate_s": round(sum(o.images.elapsed_s for o in outs), 3),
                                 "grid": dg.MetadataValue.path(out.images.metadata["grid"]), "method": method},
                                asset_key="coalition_images", partition_key=key)
-    context.add_asset_metadata({**{p: float(sum(o.utilities[p] for o in outs) / len(outs)) for p in out.utilities},
+    fitted = outs[:n_fitted]
+    context.add_asset_metadata({**{p: float(sum(o.utilities[p] for o in fitted) / len(fitted)) for p in out.utilities},
                                 "method": method, "score_s": round(sum(o.extra["score_s"] for o in outs), 3),
                                 "work_s": round(sum(o.work_s for o in outs), 3)},
                                asset_key="coalition_utilities", partition_key=key)
@@ -100,7 +103,7 @@ def build_coalition_outcomes(coalitions_per_run: int) -> dg.AssetsDefinition:
                 f"[{i}/{len(keys)}] coalition {key} (size {coalitions[key].size}, {method}): "
                 + ", ".join(f"{p}={v:.4g}" for p, v in outs[0].utilities.items())
                 + f" in {sum(o.elapsed_s for o in outs):.1f}s" + (" (cached)" if outs[0].checkpoint.skipped else ""))
-            _partition_metadata(context, outs, method)
+            _partition_metadata(context, outs, method, len(cfg.utility_seeds(method)))
         for name in ("coalition_checkpoint", "coalition_images", "coalition_utilities"):
             yield dg.MaterializeResult(asset_key=name)
 
