@@ -178,19 +178,38 @@ def test_permutation_is_exact_on_additive_games_and_converges_on_others():
     assert "antithetic" in res.uncertainty
 
 
-def test_tree_proxy_shapley_values_are_exact_for_the_fitted_proxy():
+@pytest.mark.parametrize("kind", ["tree", "linear"])
+def test_proxy_shapley_values_are_exact_for_the_fitted_proxy(kind):
     from attribution_pipeline.valuation.coalitions import all_coalitions_with_endpoints, exact_semivalues
     from attribution_pipeline.valuation.proxies import fit_proxy
 
     n = 8
     game = CoverageGame.random(n, seed=4)
     masks = CoalitionDesign(n, seed=0).take(150)
-    proxy = fit_proxy("tree", masks, game(masks), np.ones(len(masks)), seed=0)
+    proxy = fit_proxy(kind, masks, game(masks), np.ones(len(masks)), seed=0)
     every = all_coalitions_with_endpoints(n)
     table = proxy.predict(every)
     brute = exact_semivalues(every[1:-1], table[1:-1], table[0], table[-1], "shapley")
     np.testing.assert_allclose(proxy.shapley, brute, atol=1e-9)
-    assert proxy.trees is not None and proxy.trees.n_iter_ > 0
+    # the diluted memberships (1{i∈S}/|S|) are fitted, so their closed-form values are exercised
+    assert np.abs(proxy.coef[n : 2 * n]).max() > 1e-6
+    assert (proxy.trees is not None and proxy.trees.n_iter_ > 0) == (kind == "tree")
+
+
+def test_linear_proxy_represents_a_game_of_diluted_contributions():
+    # v(S) = mean quality of S's members + a saturating size term: each member's effect fades as 1/|S|.
+    # The proxy holds this game exactly, so regression-MSR is exact up to the ridge shrinkage.
+    from attribution_pipeline.valuation.games import MeasuredGame
+
+    n = 9
+    quality = np.linspace(-2.0, 3.0, n)
+    codes = np.arange(2**n)
+    every = (codes[:, None] >> np.arange(n)[None, :]) & 1
+    size = every.sum(axis=1)
+    game = MeasuredGame(np.where(size > 0, every @ quality / np.maximum(size, 1) + np.sqrt(size), -1.0))
+    masks = CoalitionDesign(n, seed=0).take(6 * n)
+    res = _run(game, masks, "regression-msr", proxy="linear")
+    assert _rel_err(res.values, game.shapley_values()) < 0.01  # 0.04 without the diluted term
 
 
 def test_repeated_rows_are_averaged_and_measure_noise():

@@ -17,8 +17,9 @@ from attribution_pipeline.valuation.design import DESIGNS, CoalitionDesign
 # ``auto``): a valuation round is keyed on it, so an upgrade refits rounds instead of showing stale ones.
 # 2: stratified bootstrap, unbiased ``auto``, what intervals cover.
 # 3: utility noise (replicates) in every interval, Rao-Wu finite-population bootstrap, regression-msr
-#    exact on complete pair classes and resampled within classes (this release).
-ESTIMATORS_VERSION = 3
+#    exact on complete pair classes and resampled within classes.
+# 4: the linear proxy (and the tree proxy's linear part) fits diluted memberships 1{i∈S}/|S| (this release).
+ESTIMATORS_VERSION = 4
 from attribution_pipeline.valuation.estimate import applicable_estimators, estimate, select_estimator
 from attribution_pipeline.valuation.registry import ESTIMATORS
 from attribution_pipeline.valuation.result import ValuationResult
