@@ -1,7 +1,7 @@
 """Benchmark of the Shapley estimators: accuracy against budget and noise, and interval coverage.
 
-Run:  python benchmarks/estimators.py            (full, ≈ 5–10 min on 2 cores)
-      python benchmarks/estimators.py --quick    (smoke run, < 1 min)
+Run:  python benchmarks/estimators.py            (full, ≈ 1 hour on one core: the 20-fold cross-fits)
+      python benchmarks/estimators.py --quick    (smoke run, small n and budgets)
 Writes benchmarks/results/estimators.md (estimators-quick.md with --quick) and prints the same tables.
 
 The game. ``CoverageGame.random(n, seed=0)`` (``attribution_pipeline/valuation/games.py``):
@@ -375,7 +375,7 @@ def main(argv=None) -> None:
     parser.add_argument("--coverage-repeats", type=int, default=None, help="repeats of the coverage study")
     parser.add_argument("--real-repeats", type=int, default=None, help="pools drawn from the real game")
     parser.add_argument("--real-game-only", action="store_true",
-                        help="only the real-game section, to results/estimators-real-game.md (a minute or two)")
+                        help="only the real-game section, to results/estimators-real-game.md (about 9 minutes)")
     args = parser.parse_args(argv)
     if args.quick:
         plan = {10: 2, 50: 2}
