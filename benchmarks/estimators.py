@@ -375,7 +375,7 @@ def main(argv=None) -> None:
     parser.add_argument("--coverage-repeats", type=int, default=None, help="repeats of the coverage study")
     parser.add_argument("--real-repeats", type=int, default=None, help="pools drawn from the real game")
     parser.add_argument("--real-game-only", action="store_true",
-                        help="only the real-game section, to results/estimators-real-game.md (about 9 minutes)")
+                        help="only the real-game section, to results/estimators-real-game.md (about 25 minutes)")
     args = parser.parse_args(argv)
     if args.quick:
         plan = {10: 2, 50: 2}
@@ -386,7 +386,7 @@ def main(argv=None) -> None:
         plan = {10: 10, 50: 10, 200: 4}
         multipliers, rhos, heavy = (2, 5, 10, 20), (0.0, 0.1), 0.3
         args.coverage_repeats = args.coverage_repeats or 200
-        args.real_repeats = args.real_repeats or 40
+        args.real_repeats = args.real_repeats or 100
     if args.repeats:
         plan = {n: args.repeats for n in plan}
     if args.real_game_only:
