@@ -240,3 +240,19 @@ def test_proxy_warns_only_when_the_residual_correction_is_significant():
     assert _bias_warning(pool, rng.normal(0, 1, pool.n_distinct), seed=0) == []
     biased = 5.0 * pool.coalitions[:, 0] + rng.normal(0, 1, pool.n_distinct)
     assert "regression-msr" in _bias_warning(pool, biased, seed=0)[0]
+
+
+def test_cross_fit_uses_twenty_folds_and_keeps_each_pair_in_one_fold():
+    from attribution_pipeline.valuation.pool import build_pool
+    from attribution_pipeline.valuation.regression_msr import N_FOLDS, _fold_of
+
+    n = 10
+    game = CoverageGame.random(n, seed=1)
+    for budget, expected in ((200, N_FOLDS), (30, 7), (4, 2)):
+        masks = CoalitionDesign(n, seed=0).take(budget)
+        pool = build_pool(masks, game(masks), game.empty_value, game.full_value)
+        folds, n_folds = _fold_of(pool, seed=3)
+        assert n_folds == expected == max(2, min(N_FOLDS, pool.n_units // 2))
+        assert set(folds.tolist()) == set(range(n_folds))
+        for unit in range(pool.n_units):  # a coalition and its complement share a fold
+            assert len(set(folds[pool.unit == unit].tolist())) == 1
