@@ -18,7 +18,8 @@ from attribution_pipeline.valuation.design import DESIGNS, CoalitionDesign
 # 2: stratified bootstrap, unbiased ``auto``, what intervals cover.
 # 3: utility noise (replicates) in every interval, Rao-Wu finite-population bootstrap, regression-msr
 #    exact on complete pair classes and resampled within classes.
-# 4: the linear proxy (and the tree proxy's linear part) fits diluted memberships 1{i∈S}/|S| (this release).
+# 4: the linear proxy (and the tree proxy's linear part) blends in diluted memberships 1{i∈S}/|S|;
+#    20 cross-fit folds (this release).
 ESTIMATORS_VERSION = 4
 from attribution_pipeline.valuation.estimate import applicable_estimators, estimate, select_estimator
 from attribution_pipeline.valuation.registry import ESTIMATORS

@@ -121,7 +121,7 @@ def fit_linear(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray) -> tuple
     memberships, weighted to minimise the blend's leave-one-out error (stacking).
 
     With the diluted memberships alone, a game without that structure pays for n more features: at
-    n = 200 and 5n coalitions they doubled regression-MSR's error on the synthetic coverage game; picking
+    n = 200 and 5n coalitions they tripled regression-MSR's error on the synthetic coverage game; picking
     one model by leave-one-out error lost half of their gain on the real game (the choice flips between
     pools). The blend w·f_diluted + (1 − w)·f_plain, w ∈ [0, 1] fitted on the two models' leave-one-out
     predictions, is again linear in ``linear_features`` (coefficients blend alike), so its Shapley values
