@@ -175,8 +175,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--only", choices=["lds", "counterfactual"],
                     help="one of the two evaluations (default: both)")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a field, e.g. --set lds.n_test=20 --set lds.n_seeds=3 "
-                         "--set counterfactual.n_random=5")
+                    help="override a field, e.g. --set lds.n_test=50 --set 'lds.alphas=[0.25, 0.5, 0.75]' "
+                         "--set 'counterfactual.remove_fractions=[0.1, 0.2, 0.3, 0.4]' --set counterfactual.n_seeds=3")
     show = sub.add_parser("show", help="print the latest Shapley table")
     _add_common(show)
     show.add_argument("--all-estimators", action="store_true", help="every estimator, not only the default")

@@ -217,22 +217,30 @@ class RetrainConfig:
 
 @dataclass(frozen=True)
 class LDSConfig:
-    """Linear datamodeling score: how well Σ_{i∈S} φ_i predicts the retrained utility of held-out S."""
+    """Linear datamodeling score: how well Σ_{i∈S} φ_i predicts the retrained utility of held-out S
+    (evaluation/lds.py: bootstrap interval, random range, oracle ceiling, paired differences)."""
 
-    alpha: float = 0.5  # fraction of contributors each test coalition keeps
-    n_test: int = 10  # held-out test coalitions (paper: 100)
-    n_seeds: int = 2  # retrain seeds per test coalition (>= 2: LDS is averaged over seeds, ceiling needs 2)
+    alphas: tuple[float, ...] = (0.5,)  # fractions of contributors the test coalitions keep (paper: 0.25, 0.5, 0.75)
+    n_test: int = 10  # held-out test coalitions per alpha (paper: 100; benchmarks/fidelity.py: >= 50)
+    n_seeds: int = 3  # retrain seeds per test coalition (paper: 3); LDS is their mean
     seed: int = 7  # seed of the test-coalition draw
+    # first retrain seed of the test coalitions (retrain_seed, retrain_seed + 1, ...): disjoint from every
+    # seed that built θ*, the pruned base and the valuation's pools (checked), so no test retrain is θ*
+    retrain_seed: int = 1000
+    n_boot: int = 2000  # bootstrap resamples of the test coalitions and seeds
+    n_random: int = 2000  # random attributions whose LDS on the same test set gives the random range
 
 
 @dataclass(frozen=True)
 class CounterfactualConfig:
-    """Remove (or keep only) the top contributors by an attribution, retrain, measure the property."""
+    """Remove (or keep only) the top contributors by each attribution, retrain, measure the property."""
 
-    remove_fraction: float = 0.4  # "remove the top 40%"
-    keep_fraction: float = 0.6  # "keep only the top 60%"
-    n_random: int = 3  # random removals of the same size, the baseline
+    remove_fractions: tuple[float, ...] = (0.4,)  # "remove the top 40%" (paper's curves: 0.1, 0.2, 0.3, 0.4)
+    keep_fractions: tuple[float, ...] = (0.6,)  # "keep only the top 60%"
+    n_random: int = 3  # random removals of the same size per fraction, the baseline
     seed: int = 11  # seed of the random removals
+    n_seeds: int = 3  # retrain seeds per coalition; the relative change's interval is over them
+    retrain_seed: int = 2000  # first retrain seed; disjoint from the seeds that built θ*, the base and the pools
 
 
 REVALUATION_POLICIES = ("rebase", "incremental")
@@ -363,11 +371,11 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PipelineConfig":
-        return _build(cls, data, "config")
+        return _build(cls, _upgrade(data), "config")
 
     def override(self, changes: dict[str, Any]) -> "PipelineConfig":
         """A copy with ``changes`` (nested dicts, same shape as ``to_dict``) applied."""
-        merged = _deep_merge(self.to_dict(), changes)
+        merged = _deep_merge(self.to_dict(), _upgrade(changes))
         return PipelineConfig.from_dict(merged)
 
     def __post_init__(self) -> None:
@@ -376,6 +384,11 @@ class PipelineConfig:
         problems = structural_problems(self)
         if problems:
             raise ConfigError(problems)
+
+    def evaluation_seeds(self, kind: str) -> list[int]:
+        """The retrain seeds of the LDS test coalitions (``kind`` "lds") or of the counterfactuals."""
+        part = self.lds if kind == "lds" else self.counterfactual
+        return [part.retrain_seed + i for i in range(part.n_seeds)]
 
     def utility_seeds(self, method: str | None = None) -> list[int]:
         """The seeds whose utilities a valuation by ``method`` averages."""
@@ -397,6 +410,13 @@ def _one_of(path: str, value: Any, allowed: tuple) -> list[str]:
     if value in allowed:
         return []
     return [problem(path, value, f"one of {list(allowed)}", f"--set {path}={json.dumps(allowed[0])}")]
+
+
+def built_seeds(cfg: "PipelineConfig") -> set[int]:
+    """Training seeds of θ* (and its retrain pool: ``train.seed + i``), of the pruned base, and of
+    the fine-tunes of the sft/ft pools and their replicates (``finetune.seed + j``)."""
+    return ({cfg.train.seed + i for i in range(cfg.retrain.n_seeds)} | {cfg.prune.seed}
+            | {cfg.finetune.seed + j for j in range(max(cfg.valuation.replicates, 1))})
 
 
 def structural_problems(cfg: "PipelineConfig") -> list[str]:
@@ -423,14 +443,21 @@ def structural_problems(cfg: "PipelineConfig") -> list[str]:
         out.append(problem("retrain.n_seeds", cfg.retrain.n_seeds, "an integer >= 1", "--set retrain.n_seeds=1"))
     if cfg.lds.n_seeds < 2:
         out.append(problem("lds.n_seeds", cfg.lds.n_seeds, "an integer >= 2 (LDS is averaged over seeds)",
-                           "--set lds.n_seeds=2"))
-    if not 0.0 < cfg.lds.alpha < 1.0:
-        out.append(problem("lds.alpha", cfg.lds.alpha, "a number in (0, 1)", "--set lds.alpha=0.5"))
-    for name in ("remove_fraction", "keep_fraction"):
-        value = getattr(cfg.counterfactual, name)
-        if not 0.0 < value < 1.0:
-            out.append(problem(f"counterfactual.{name}", value, "a number in (0, 1)",
-                               f"--set counterfactual.{name}=0.5"))
+                           "--set lds.n_seeds=3"))
+    for where, values in (("lds.alphas", cfg.lds.alphas), ("counterfactual.remove_fractions", cfg.counterfactual.remove_fractions),
+                          ("counterfactual.keep_fractions", cfg.counterfactual.keep_fractions)):
+        if not values or not all(0.0 < v < 1.0 for v in values):
+            out.append(problem(where, list(values), "a non-empty list of numbers in (0, 1)", f"--set '{where}=[0.5]'"))
+    if cfg.counterfactual.n_seeds < 1:
+        out.append(problem("counterfactual.n_seeds", cfg.counterfactual.n_seeds, "an integer >= 1 (3 or more for an interval)",
+                           "--set counterfactual.n_seeds=3"))
+    for where, first, count in (("lds.retrain_seed", cfg.lds.retrain_seed, cfg.lds.n_seeds),
+                                ("counterfactual.retrain_seed", cfg.counterfactual.retrain_seed, cfg.counterfactual.n_seeds)):
+        clash = sorted(set(range(first, first + max(count, 0))) & set(built_seeds(cfg)))
+        if clash:
+            out.append(problem(where, first, f"a first seed whose {count} seeds avoid {sorted(built_seeds(cfg))}, the seeds "
+                               f"that built θ*, the pruned base and the pools (seed(s) {clash} would retrain with them)",
+                               f"--set {where}={max(built_seeds(cfg)) + 1000}"))
     cron = cfg.revaluation.cron
     if cron is not None and len(str(cron).split()) != 5:  # Dagster checks the fields' values
         out.append(problem("revaluation.cron", cron, "a valid cron string (five fields, e.g. '0 3 * * 1') or null",
@@ -481,6 +508,28 @@ def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value
+    return out
+
+
+# keys of earlier versions, still read (a work directory's pipeline_config.json, a user's TOML): a
+# single LDS alpha and single counterfactual fractions became lists
+LEGACY_KEYS = {("lds", "alpha"): "alphas", ("counterfactual", "remove_fraction"): "remove_fractions",
+               ("counterfactual", "keep_fraction"): "keep_fractions"}
+
+
+def _upgrade(data: Any) -> Any:
+    """``data`` with legacy single-value keys turned into their list successors (the list wins when
+    both are given)."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for (section, old), new in LEGACY_KEYS.items():
+        part = out.get(section)
+        if isinstance(part, dict) and old in part:
+            part = dict(part)
+            value = part.pop(old)
+            part.setdefault(new, [value] if not isinstance(value, (list, tuple)) else list(value))
+            out[section] = part
     return out
 
 

@@ -252,16 +252,32 @@ def run_evaluation(cfg: PipelineConfig, assets: tuple[str, ...] = ("lds_results"
 
 
 def _print_evaluation(store: ResultStore, assets: tuple[str, ...], out) -> None:
-    with pl.Config(tbl_rows=100, tbl_cols=12, fmt_str_lengths=40):
+    with pl.Config(tbl_rows=100, tbl_cols=20, fmt_str_lengths=40, tbl_width_chars=250):
         if "lds_results" in assets:
             print(store.query(
-                "SELECT property, method, estimator, is_default, round(lds, 1) AS lds, round(lds_ci, 1) AS ci, "
-                "round(ceiling, 1) AS ceiling, n_test, n_seeds FROM lds_results "
-                "WHERE computed_at = (SELECT max(computed_at) FROM lds_results) ORDER BY property, method, estimator"),
+                "SELECT alpha, property, method, estimator, is_default, round(lds, 1) AS lds, round(lds_lo, 1) AS lo, "
+                "round(lds_hi, 1) AS hi, round(random_lo, 1) AS random_lo, round(random_hi, 1) AS random_hi, "
+                "round(ceiling, 1) AS oracle_ceiling, round(diff, 1) AS diff_vs_default, round(diff_lo, 1) AS diff_lo, "
+                "round(diff_hi, 1) AS diff_hi, n_test, n_seeds FROM lds_results "
+                "WHERE computed_at = (SELECT max(computed_at) FROM lds_results) ORDER BY alpha, property, method, estimator"),
                 file=out)
+            print("LDS intervals: bootstrap over the test coalitions and retrain seeds (95%); random_lo..random_hi: "
+                  "what random attributions reach on the same test set; oracle_ceiling: what the expected utility "
+                  "itself scores; diff: paired difference to the valuation's default estimate.", file=out)
+            print("Fidelity of the cheap utilities to retraining on the same test coalitions, within size "
+                  "(Spearman; pooled: weighted mean over sizes with a 95% bootstrap interval):", file=out)
+            print(store.query(
+                "SELECT method, property, CASE WHEN size = 0 THEN 'pooled' ELSE size::VARCHAR END AS size, n, "
+                "round(spearman, 3) AS spearman_within_size, round(lo, 3) AS lo, round(hi, 3) AS hi "
+                "FROM utility_fidelity WHERE computed_at = (SELECT max(computed_at) FROM utility_fidelity) "
+                "ORDER BY method, property, size"), file=out)
         if "counterfactual_results" in assets:
             print(store.query(
-                "SELECT property, scenario, ranking, avg(relative_change) * 100 AS change_pct, count(*) AS repeats, "
-                "any_value(kept) AS kept FROM counterfactual_results "
+                "SELECT property, scenario, fraction, ranking, round(avg(relative_change) * 100, 2) AS change_pct, "
+                "round(min(coalesce(rc_lo, relative_change)) * 100, 2) AS low_pct, "
+                "round(max(coalesce(rc_hi, relative_change)) * 100, 2) AS high_pct, count(*) AS repeats, "
+                "any_value(kept) AS kept, any_value(n_seeds) AS seeds FROM counterfactual_results "
                 "WHERE computed_at = (SELECT max(computed_at) FROM counterfactual_results) "
-                "GROUP BY ALL ORDER BY property, scenario, ranking"), file=out)
+                "GROUP BY ALL ORDER BY property, fraction, scenario, ranking"), file=out)
+            print("counterfactual low..high: the seeds' 95% t interval (over the random draws too for remove_random).",
+                  file=out)

@@ -203,7 +203,7 @@ def main() -> int:
     shared = masks_to_coalitions(shared_masks, ids)
     index = {c: i for i, c in enumerate(ids)}
     fitted = {tuple(sorted(index[m] for m in c.members)) for c in shared}
-    test_masks = draw_test_coalitions(n, cfg.lds.alpha, args.n_test, cfg.lds.seed, exclude=fitted)
+    test_masks = draw_test_coalitions(n, cfg.lds.alphas[0], args.n_test, cfg.lds.seed, exclude=fitted)
     tests = masks_to_coalitions(test_masks, ids)
     everyone = [full, *shared, *tests]
     print(f"[1/4] {len(shared)} design + {len(tests)} LDS test coalitions by retrain, ft and sft "
@@ -264,7 +264,7 @@ def main() -> int:
                     lds_rows.append((b, m, count, p, float("nan"), float("nan"), float("nan")))
                     continue
                 res = lds_score(phi, test_masks, measured[p])
-                lds_rows.append((b, m, count, p, res.lds, res.ci_half_width, res.ceiling))
+                lds_rows.append((b, m, count, p, res.lds, (res.hi - res.lo) / 2, res.ceiling))
 
     # 4. sweeps of k and pruning ratio (sFT only), each in its own work directory
     sweep = []

@@ -12,35 +12,59 @@ from attribution_pipeline.defs.valuation_assets import shapley_values
 from attribution_pipeline.stages import evaluation
 
 
-@dg.asset(group_name=GROUP, deps=[shapley_values], code_version="1", kinds={"duckdb"})
+def _f(x, fmt: str = "{:.1f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+@dg.asset(group_name=GROUP, deps=[shapley_values], code_version="2", kinds={"duckdb"})
 def lds_results(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """LDS (Spearman × 100 between Σ_{i∈S} φ_i and the retrained utility of held-out coalitions S
-    keeping a fraction α of contributors; mean ± 1.96·std/√seeds) of the latest round of each
-    utility method, every estimator, beside the test–retest ceiling. Rows of ``lds_results``."""
+    keeping a fraction α of contributors, mean over retrain seeds) of the latest round of each
+    utility method, every estimator, at each α of ``lds.alphas``. Beside each: the bootstrap
+    interval (test coalitions and seeds), the range random attributions reach on the same test set,
+    the oracle ceiling and the paired difference to the default estimate. Rows of ``lds_results``;
+    the within-size Spearman of the cheap utilities (sFT, FT) against retraining on the same test
+    coalitions goes to ``utility_fidelity``."""
     out = evaluation.evaluate_lds(pipeline.config(), pipeline.layout(), pipeline.store(), context.log.info)
     for w in out.warnings:
         context.log.warning(w)
-    lines = ["| method | estimator | property | LDS | ± | ceiling |", "|---|---|---|---|---|---|"]
-    for r in sorted(out.rows, key=lambda r: (r["property"], r["method"], r["estimator"])):
-        lines.append(f"| {r['method']} | {r['estimator']}{' (default)' if r['is_default'] else ''} | {r['property']} "
-                     f"| {r['lds']:.1f} | {r['lds_ci']:.1f} | {r['ceiling']:.1f} |")
-    default = {f"lds_{r['method']}_{r['property']}": float(r["lds"]) for r in out.rows if r["is_default"]}
+    lines = ["| α | method | estimator | property | LDS | 95% interval | random 95% range | oracle ceiling "
+             "| test–retest | paired difference to the default |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(out.rows, key=lambda r: (r["alpha"], r["property"], r["method"], r["estimator"])):
+        inside = " (inside the random range)" if r["inside_random"] else ""
+        diff = (f"{r['diff']:+.1f} [{r['diff_lo']:+.1f}, {r['diff_hi']:+.1f}]" if r["diff"] is not None else "–")
+        lines.append(f"| {r['alpha']:g} | {r['method']} | {r['estimator']}{' (default)' if r['is_default'] else ''} "
+                     f"| {r['property']} | {r['lds']:.1f}{inside} | {_f(r['lds_lo'])}–{_f(r['lds_hi'])} "
+                     f"| {_f(r['random_lo'])} to {_f(r['random_hi'])} | {_f(r['ceiling'])} | {_f(r['test_retest'])} | {diff} |")
     first = out.rows[0] if out.rows else {}
+    if first:
+        lines += ["", f"Interval covers: {first['interval_covers']}. Retrain seeds {first['retrain_seeds']}."]
+    if out.fidelity:
+        lines += ["", "Fidelity of the cheap utilities to retraining on the same test coalitions, within size "
+                  "(size 0: pooled, with its 95% bootstrap interval):", "",
+                  "| method | property | size | coalitions | Spearman | 95% interval |", "|---|---|---|---|---|---|"]
+        for r in out.fidelity:
+            interval = "–" if r["lo"] is None else f"{r['lo']:.2f}–{r['hi']:.2f}"
+            lines.append(f"| {r['method']} | {r['property']} | {r['size'] or 'pooled'} | {r['n']} | {_f(r['spearman'], '{:.2f}')} "
+                         f"| {interval} |")
+    default = {f"lds_{r['method']}_{r['property']}_a{r['alpha']:g}": float(r["lds"]) for r in out.rows if r["is_default"]}
     return dg.MaterializeResult(metadata={
         **default, "n_test": first.get("n_test", 0), "n_seeds": first.get("n_seeds", 0),
         "retrained_now": out.n_retrains, "table": dg.MetadataValue.md("\n".join(lines)),
         "warnings": "; ".join(out.warnings) or "none"})
 
 
-@dg.asset(group_name=GROUP, deps=[shapley_values], code_version="1", kinds={"duckdb"})
+@dg.asset(group_name=GROUP, deps=[shapley_values], code_version="2", kinds={"duckdb"})
 def counterfactual_results(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-    """Relative change of each property after retraining without the top 40% of contributors by
-    Shapley value (and by LOO, and at random), or with only the top 60%. Rows of
-    ``counterfactual_results``."""
+    """Relative change of each property after retraining without the top ``counterfactual.remove_fractions``
+    of contributors by each method's Shapley values (and by LOO, and at random), or with only the top
+    ``keep_fractions``; each with an interval over the retrain seeds. Rows of ``counterfactual_results``."""
     out = evaluation.evaluate_counterfactual(pipeline.config(), pipeline.layout(), pipeline.store(), context.log.info)
-    lines = ["| property | scenario | ranking | repeat | kept | relative change |", "|---|---|---|---|---|---|"]
+    lines = ["| property | scenario | fraction | ranking | repeat | kept | relative change | 95% interval (seeds) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in out.rows:
-        lines.append(f"| {r['property']} | {r['scenario']} | {r['ranking']} | {r['repeat']} | {r['kept']} "
-                     f"| {100 * r['relative_change']:+.1f}% |")
+        interval = "–" if r["rc_lo"] is None else f"{100 * r['rc_lo']:+.1f}% to {100 * r['rc_hi']:+.1f}%"
+        lines.append(f"| {r['property']} | {r['scenario']} | {r['fraction']:g} | {r['ranking']} | {r['repeat']} "
+                     f"| {r['kept']} | {100 * r['relative_change']:+.1f}% | {interval} |")
     return dg.MaterializeResult(metadata={"retrained_now": out.n_retrains, "rows": len(out.rows),
                                           "table": dg.MetadataValue.md("\n".join(lines))})

@@ -1,9 +1,11 @@
 """Evaluation stages: does an attribution predict what retraining does?
 
-- ``evaluate_lds``: held-out coalitions retrained with several seeds; LDS of every valuation
-  round's values (per method and estimator) against them, with the test–retest ceiling.
-- ``evaluate_counterfactual``: retrain without the top contributors by the round's default
-  Shapley values, with only the top ones, without random ones and without the top by LOO.
+- ``evaluate_lds``: held-out coalitions (each α of ``lds.alphas``) retrained with several seeds
+  that built nothing else; LDS of every valuation round's values (per method and estimator) with a
+  bootstrap interval, the random range, the oracle ceiling and the paired difference to the default.
+- ``evaluate_counterfactual``: retrain without the top fractions of contributors by each method's
+  Shapley values and by LOO, with only the top ones, and without random ones; relative changes
+  with an interval over the retrain seeds.
 
 Every retrain goes through ``measure_utility(method="retrain")``: cached per coalition and
 seed in ``utilities`` like any other utility, so a second evaluation retrains nothing.
@@ -19,7 +21,8 @@ import numpy as np
 from attribution_pipeline.coalitions import Coalition, make_coalition
 from attribution_pipeline.config import PipelineConfig
 from attribution_pipeline.evaluation import (
-    counterfactual_sets, draw_test_coalitions, lds_score, random_removals, relative_change,
+    counterfactual_sets, draw_test_coalitions, lds_difference, lds_score, random_removals, relative_change,
+    within_size_spearman,
 )
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.stages.contributors import contributor_ids
@@ -35,6 +38,7 @@ class EvaluationOutcome:
     rows: list[dict]
     n_retrains: int  # retrained models this call trained (cached ones excluded)
     warnings: list[str] = field(default_factory=list)
+    fidelity: list[dict] = field(default_factory=list)  # within-size Spearman of cheap utilities vs retraining
 
 
 def latest_round(store: ResultStore, method: str, contributors: list[str]) -> str | None:
@@ -66,52 +70,137 @@ def _retrain(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coaliti
     return out, trained
 
 
-def evaluate_lds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = quiet,
-                 methods: tuple[str, ...] = UTILITY_METHODS) -> EvaluationOutcome:
-    """LDS of the latest round of each of ``methods`` (those that have one), every estimator."""
-    ids = contributor_ids(layout)
-    plan = read_plan(layout)
-    index = {c: i for i, c in enumerate(ids)}
-    fitted = {tuple(sorted(index[m] for m in c.members)) for c in plan.coalitions}
-    lc = cfg.lds
-    masks = draw_test_coalitions(len(ids), lc.alpha, lc.n_test, lc.seed, exclude=fitted)
-    warnings = []
-    overlap = sum(tuple(np.flatnonzero(m).tolist()) in fitted for m in masks)
-    if overlap:
-        warnings.append(f"{overlap} of {len(masks)} test coalitions were also fitted on: too few contributors "
-                        "to hold enough coalitions out")
-    tests = [make_coalition([ids[i] for i in np.flatnonzero(m)], "lds_test", -2) for m in masks]
-    _register(store, tests)
-    seeds = [cfg.train.seed + i for i in range(lc.n_seeds)]
-    measured: dict[str, np.ndarray] = {}
-    n_trained = 0
-    for j, c in enumerate(tests, 1):
-        log(f"LDS test coalition {j}/{len(tests)} ({c.size} of {len(ids)} contributors): retrain x{len(seeds)}")
-        per_seed, trained = _retrain(cfg, layout, store, c, seeds, log)
-        n_trained += trained
-        for p in cfg.valuation.properties:
-            measured.setdefault(p, np.zeros((len(seeds), len(tests))))[:, j - 1] = [per_seed[s][p] for s in seeds]
-    rounds = {m: r for m in methods if (r := latest_round(store, m, ids))}
-    if not rounds:
-        raise RuntimeError("no valuation round over the current contributors yet: materialize `shapley_values` first")
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    rows = []
+def _seeds_or_fail(cfg: PipelineConfig, kind: str) -> list[int]:
+    from attribution_pipeline.config import built_seeds
+
+    seeds = cfg.evaluation_seeds(kind)
+    clash = sorted(set(seeds) & built_seeds(cfg))
+    if clash:  # the config refuses this too; kept here for configs built around the checks
+        raise ValueError(f"{kind} retrain seeds {seeds} include {clash}, seed(s) that built θ*, the base or the pools")
+    return seeds
+
+
+def _round_values(store: ResultStore, rounds: dict[str, str], ids: list[str]) -> dict:
+    """(method, property, estimator) → (values in ``ids`` order, is_default, round_id)."""
+    values = {}
     for method, round_id in rounds.items():
         vals = store.query("SELECT contributor, property, estimator, is_default, value FROM shapley_values "
                            "WHERE round_id = ?", [round_id])
         for (prop, est), grp in vals.group_by("property", "estimator", maintain_order=True):
-            if prop not in measured:
-                continue
             by = dict(zip(grp["contributor"], grp["value"]))
-            phi = np.array([by[c] for c in ids])
-            res = lds_score(phi, masks, measured[prop])
-            rows.append({"round_id": round_id, "method": method, "estimator": est,
-                         "is_default": bool(grp["is_default"][0]), "property": prop, "alpha": lc.alpha,
-                         "n_test": res.n_test, "n_seeds": res.n_seeds, "test_seed": lc.seed, "lds": res.lds,
-                         "lds_ci": res.ci_half_width, "per_seed": res.per_seed, "ceiling": res.ceiling,
-                         "test_coalitions": [c.key for c in tests], "computed_at": now})
+            if all(c in by and by[c] is not None for c in ids):
+                values[(method, prop, est)] = (np.array([by[c] for c in ids], dtype=float),
+                                               bool(grp["is_default"][0]), round_id)
+    return values
+
+
+@dataclass
+class _TestSet:
+    """One α's held-out coalitions, their retrained utilities per property ``(seeds, m)``, and the
+    cheap methods' utilities of the same coalitions (for the within-size fidelity)."""
+
+    alpha: float
+    masks: np.ndarray
+    coalitions: list[Coalition]
+    measured: dict[str, np.ndarray] = field(default_factory=dict)
+    approx: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (method, property) → per coalition
+    trained: int = 0
+
+
+def _measure_test_set(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, test: _TestSet, seeds: list[int],
+                      approx_methods: list[str], ids: list[str], log: Log) -> None:
+    for j, c in enumerate(test.coalitions):
+        log(f"LDS test coalition {j + 1}/{len(test.coalitions)} at alpha {test.alpha} ({c.size} of {len(ids)} "
+            f"contributors): retrain x{len(seeds)} (seeds {seeds[0]}..{seeds[-1]})")
+        per_seed, trained = _retrain(cfg, layout, store, c, seeds, log)
+        test.trained += trained
+        for p in cfg.valuation.properties:
+            test.measured.setdefault(p, np.zeros((len(seeds), len(test.coalitions))))[:, j] = [per_seed[s][p] for s in seeds]
+        for m in approx_methods:  # the same coalition by the cheap method: fidelity within size
+            approx = measure_utility(cfg, layout, store, c, log, method=m, seed=cfg.utility_seeds(m)[0]).utilities
+            for p in cfg.valuation.properties:
+                test.approx.setdefault((m, p), []).append(float(approx[p]))
+
+
+def _lds_rows(cfg: PipelineConfig, test: _TestSet, values: dict, reference, seeds: list[int], now) -> list[dict]:
+    lc, rows = cfg.lds, []
+    for (method, prop, est), (phi, is_default, round_id) in values.items():
+        if prop not in test.measured:
+            continue
+        measured = test.measured[prop]
+        res = lds_score(phi, test.masks, measured, n_boot=lc.n_boot, n_random=lc.n_random, seed=lc.seed)
+        diff = None
+        if reference is not None and (method, est) != reference and (reference[0], prop, reference[1]) in values:
+            base = values[(reference[0], prop, reference[1])][0]
+            diff = lds_difference(phi, base, test.masks, measured, n_boot=lc.n_boot, seed=lc.seed)
+        rows.append({"round_id": round_id, "method": method, "estimator": est, "is_default": is_default,
+                     "property": prop, "alpha": test.alpha, "n_test": res.n_test, "n_seeds": res.n_seeds,
+                     "test_seed": lc.seed, "lds": res.lds, "lds_lo": res.lo, "lds_hi": res.hi,
+                     "lds_ci": (res.hi - res.lo) / 2, "per_seed": res.per_seed,
+                     "random_lo": res.random_lo, "random_hi": res.random_hi, "n_random": res.n_random,
+                     "inside_random": res.inside_random, "test_retest": res.test_retest, "ceiling": res.ceiling,
+                     "retrain_seeds": seeds, "n_boot": res.n_boot,
+                     "interval_covers": f"{res.covers}; not: {res.not_covered}",
+                     "versus": None if diff is None else f"{reference[0]}/{reference[1]}",
+                     "diff": None if diff is None else diff.difference,
+                     "diff_lo": None if diff is None else diff.lo, "diff_hi": None if diff is None else diff.hi,
+                     "test_coalitions": [c.key for c in test.coalitions], "computed_at": now})
+    return rows
+
+
+def _fidelity_rows(cfg: PipelineConfig, tests: list[_TestSet], seeds: list[int], now, warnings: list[str]) -> list[dict]:
+    """Within-size Spearman of each cheap method's utilities against the seed-mean retrained ones."""
+    rows = []
+    for m, p in dict.fromkeys(k for t in tests for k in t.approx):
+        sizes = np.concatenate([[c.size for c in t.coalitions] for t in tests if (m, p) in t.approx])
+        approx = np.concatenate([t.approx[(m, p)] for t in tests if (m, p) in t.approx])
+        retrain = np.concatenate([t.measured[p].mean(axis=0) for t in tests if (m, p) in t.approx])
+        try:
+            w = within_size_spearman(sizes, approx, retrain, n_boot=cfg.lds.n_boot, seed=cfg.lds.seed)
+        except ValueError as exc:  # fewer than 3 test coalitions of any size
+            warnings.append(f"within-size fidelity of {m} on {p}: {exc}")
+            continue
+        per = [(k, rho, n, None, None) for k, (rho, n) in sorted(w.per_size.items())]
+        for size, rho, n, lo, hi in [(0, w.pooled, w.n, w.lo, w.hi), *per]:
+            rows.append({"method": m, "property": p, "size": size, "n": n, "spearman": rho, "lo": lo, "hi": hi,
+                         "reference": f"retrain, mean of seeds {seeds}", "test_seed": cfg.lds.seed, "computed_at": now})
+    return rows
+
+
+def evaluate_lds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = quiet,
+                 methods: tuple[str, ...] = UTILITY_METHODS) -> EvaluationOutcome:
+    """LDS of the latest round of each of ``methods`` (those that have one), every estimator, at each
+    α of ``lds.alphas``: held-out test coalitions retrained with seeds disjoint from every seed that
+    built the valuation, scored with a bootstrap interval, the random range, the oracle ceiling and
+    the paired difference to the valuation method's default estimate (``evaluation/lds.py``); and the
+    within-size Spearman of the cheap methods' utilities of the same coalitions (``utility_fidelity``)."""
+    ids = contributor_ids(layout)
+    index = {c: i for i, c in enumerate(ids)}
+    fitted = {tuple(sorted(index[m] for m in c.members)) for c in read_plan(layout).coalitions}
+    rounds = {m: r for m in methods if (r := latest_round(store, m, ids))}
+    if not rounds:
+        raise RuntimeError("no valuation round over the current contributors yet: materialize `shapley_values` first")
+    seeds = _seeds_or_fail(cfg, "lds")
+    values = _round_values(store, rounds, ids)
+    reference = next(((m, e) for (m, p, e), (_, d, _) in values.items() if m == cfg.valuation.method and d), None)
+    approx_methods = [m for m in dict.fromkeys([cfg.valuation.method, *rounds]) if m != RETRAIN]
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    rows, warnings, tests = [], [], []
+    for alpha in cfg.lds.alphas:
+        masks = draw_test_coalitions(len(ids), alpha, cfg.lds.n_test, cfg.lds.seed, exclude=fitted)
+        overlap = sum(tuple(np.flatnonzero(m).tolist()) in fitted for m in masks)
+        if overlap:
+            warnings.append(f"alpha {alpha}: {overlap} of {len(masks)} test coalitions were also fitted on: too few "
+                            "contributors to hold enough coalitions out")
+        test = _TestSet(alpha, masks, [make_coalition([ids[i] for i in np.flatnonzero(m)], "lds_test", -2) for m in masks])
+        _register(store, test.coalitions)
+        _measure_test_set(cfg, layout, store, test, seeds, approx_methods, ids, log)
+        rows += _lds_rows(cfg, test, values, reference, seeds, now)
+        tests.append(test)
     store.upsert("lds_results", rows)
-    return EvaluationOutcome(rows, n_trained, warnings)
+    fidelity = _fidelity_rows(cfg, tests, seeds, now, warnings)
+    store.upsert("utility_fidelity", fidelity)
+    return EvaluationOutcome(rows, sum(t.trained for t in tests), warnings, fidelity)
 
 
 def _loo_values(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, ids: list[str], prop_names: list[str],
@@ -132,54 +221,97 @@ def _loo_values(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, ids:
     return {p: np.array([vn[p] - m[p] for m in minus]) for p in prop_names}
 
 
+def _seed_interval(values: list[float], level: float = 0.95) -> tuple[float | None, float | None]:
+    """Student-t interval of a mean over retrain seeds; None with one seed (nothing to say)."""
+    from scipy.stats import t as student
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return None, None
+    half = float(student.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def _rankings(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, ids: list[str], round_id: str,
+              props: list[str], log: Log) -> dict[str, dict[str, np.ndarray]]:
+    """ranking name → property → values: every utility method's default Shapley values, and LOO."""
+    method = cfg.valuation.method
+    rankings: dict[str, dict[str, np.ndarray]] = {}
+    for m in UTILITY_METHODS:
+        rid = round_id if m == method else latest_round(store, m, ids)
+        if rid is None:
+            continue
+        vals = store.query("SELECT contributor, property, value FROM shapley_values WHERE round_id = ? AND is_default",
+                           [rid])
+        name = "shapley" if m == method else f"shapley-{m}"
+        rankings[name] = {}
+        for p in props:
+            sub = vals.filter(vals["property"] == p)
+            by = dict(zip(sub["contributor"], sub["value"]))
+            if all(c in by for c in ids):
+                rankings[name][p] = np.array([by[c] for c in ids], dtype=float)
+    rankings["loo"] = _loo_values(cfg, layout, store, ids, props, log)
+    return rankings
+
+
+def _scenarios(cfg: PipelineConfig, ids: list[str], props: list[str], rankings: dict) -> list[tuple]:
+    """(property, scenario, fraction, ranking, repeat, members) of every coalition to retrain."""
+    cf, out = cfg.counterfactual, []
+    for p in props:
+        for ranking, by_prop in rankings.items():
+            if p not in by_prop:
+                continue
+            for f in cf.remove_fractions:
+                out.append((p, "remove_top", f, ranking, 0,
+                            counterfactual_sets(by_prop[p], ids, remove_fraction=f, keep_fraction=0.5)["remove_top"]))
+            if ranking != "loo":
+                for f in cf.keep_fractions:
+                    out.append((p, "keep_top", f, ranking, 0,
+                                counterfactual_sets(by_prop[p], ids, remove_fraction=0.5, keep_fraction=f)["keep_top"]))
+        for f in cf.remove_fractions:
+            for r, members in enumerate(random_removals(ids, f, cf.n_random, cf.seed + int(round(1000 * f)))):
+                out.append((p, "remove_random", f, "random", r, members))
+    return out
+
+
 def evaluate_counterfactual(cfg: PipelineConfig, layout: RunLayout, store: ResultStore,
                             log: Log = quiet) -> EvaluationOutcome:
-    """Relative change of each property after retraining without the top contributors (by the
-    latest round's default Shapley values, and by LOO), with only the top ones, and without
-    random ones of the same number."""
+    """Relative change of each property after retraining without the top ``remove_fractions`` of
+    contributors by each ranking (the default Shapley values of every utility method's latest round,
+    and LOO by the valuation's method), with only the top ``keep_fractions``, and without random ones
+    of the same number; each coalition retrained with ``counterfactual.n_seeds`` seeds (disjoint from
+    the seeds that built the valuation), paired with the full coalition retrained with the same seed.
+    A coalition that two rankings pick is retrained once."""
     ids = contributor_ids(layout)
-    method = cfg.valuation.method
-    round_id = latest_round(store, method, ids)
+    round_id = latest_round(store, cfg.valuation.method, ids)
     if round_id is None:
-        raise RuntimeError(f"no {method} valuation round over the current contributors yet: "
+        raise RuntimeError(f"no {cfg.valuation.method} valuation round over the current contributors yet: "
                            "materialize `shapley_values` first")
     props = list(cfg.valuation.properties)
-    vals = store.query("SELECT contributor, property, value FROM shapley_values WHERE round_id = ? AND is_default",
-                       [round_id])
-    shap = {p: np.array([vals.filter((vals["property"] == p) & (vals["contributor"] == c))["value"][0] for c in ids])
-            for p in props}
-    cf = cfg.counterfactual
-    loo = _loo_values(cfg, layout, store, ids, props, log)
-    seeds = [cfg.train.seed + i for i in range(cfg.retrain.n_seeds)]
-    scenarios: list[tuple[str, str, str, int, list[str]]] = []  # property, scenario, ranking, repeat, members
-    for p in props:
-        for ranking, values in (("shapley", shap[p]), ("loo", loo[p])):
-            sets = counterfactual_sets(values, ids, remove_fraction=cf.remove_fraction, keep_fraction=cf.keep_fraction)
-            scenarios.append((p, "remove_top", ranking, 0, sets["remove_top"]))
-            if ranking == "shapley":
-                scenarios.append((p, "keep_top", ranking, 0, sets["keep_top"]))
-        for r, members in enumerate(random_removals(ids, cf.remove_fraction, cf.n_random, cf.seed)):
-            scenarios.append((p, "remove_random", "random", r, members))
+    seeds = _seeds_or_fail(cfg, "counterfactual")
+    scenarios = _scenarios(cfg, ids, props, _rankings(cfg, layout, store, ids, round_id, props, log))
     coalitions = {tuple(m): make_coalition(m, "counterfactual", -4) for *_, m in scenarios}
     full = make_coalition(ids, "full", 0)
     _register(store, list(coalitions.values()))
-    utilities: dict[str, dict[str, float]] = {}
+    utilities: dict[str, dict[int, dict[str, float]]] = {}
     n_trained = 0
-    for j, c in enumerate([full, *coalitions.values()], 1):
-        if c.key in utilities:
-            continue
-        log(f"counterfactual retrain {j}/{len(coalitions) + 1}: {c.size} of {len(ids)} contributors")
-        per_seed, trained = _retrain(cfg, layout, store, c, seeds, log)
+    todo = [full, *[c for c in coalitions.values() if c.key != full.key]]
+    for j, c in enumerate(todo, 1):
+        log(f"counterfactual retrain {j}/{len(todo)}: {c.size} of {len(ids)} contributors, seeds {seeds[0]}..{seeds[-1]}")
+        utilities[c.key], trained = _retrain(cfg, layout, store, c, seeds, log)
         n_trained += trained
-        utilities[c.key] = {p: float(np.mean([per_seed[s][p] for s in seeds])) for p in props}
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     rows = []
-    for p, scenario, ranking, repeat, members in scenarios:
+    for p, scenario, fraction, ranking, repeat, members in scenarios:
         c = coalitions[tuple(members)]
-        v_full, v_after = utilities[full.key][p], utilities[c.key][p]
-        rows.append({"round_id": round_id, "property": p, "scenario": scenario, "ranking": ranking,
-                     "repeat": repeat, "coalition_key": c.key, "removed": [i for i in ids if i not in members],
-                     "kept": len(members), "v_full": v_full, "v_after": v_after,
-                     "relative_change": relative_change(v_after, v_full), "n_seeds": len(seeds), "computed_at": now})
+        per_seed = [relative_change(utilities[c.key][s][p], utilities[full.key][s][p]) for s in seeds]
+        lo, hi = _seed_interval(per_seed)
+        rows.append({"round_id": round_id, "property": p, "scenario": scenario, "fraction": fraction,
+                     "ranking": ranking, "repeat": repeat, "coalition_key": c.key,
+                     "removed": [i for i in ids if i not in members], "kept": len(members),
+                     "v_full": float(np.mean([utilities[full.key][s][p] for s in seeds])),
+                     "v_after": float(np.mean([utilities[c.key][s][p] for s in seeds])),
+                     "relative_change": float(np.mean(per_seed)), "rc_lo": lo, "rc_hi": hi, "per_seed": per_seed,
+                     "retrain_seeds": seeds, "n_seeds": len(seeds), "computed_at": now})
     store.upsert("counterfactual_results", rows)
     return EvaluationOutcome(rows, n_trained)

@@ -114,28 +114,64 @@ SCHEMA = [
         n_seeds INTEGER NOT NULL,       -- retrain seeds per test coalition
         test_seed INTEGER NOT NULL,     -- seed of the test-coalition draw
         lds DOUBLE,                     -- Spearman x 100, mean over seeds
-        lds_ci DOUBLE,                  -- 1.96 * std / sqrt(seeds)
+        lds_ci DOUBLE,                  -- half the width of [lds_lo, lds_hi]
         per_seed DOUBLE[],
-        ceiling DOUBLE,                 -- test-retest: Spearman x 100 between retrain seeds
+        ceiling DOUBLE,                 -- oracle: 100 * sqrt(test_retest / 100), what the expected utility scores
         test_coalitions VARCHAR[],
         computed_at TIMESTAMP NOT NULL,
         PRIMARY KEY (round_id, estimator, property, alpha, n_test, n_seeds, test_seed)
+    )""",
+    # LDS with honest intervals (evaluation/lds.py); `ceiling` was test-retest before these columns
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS test_retest DOUBLE",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS lds_lo DOUBLE",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS lds_hi DOUBLE",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS random_lo DOUBLE",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS random_hi DOUBLE",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS n_random INTEGER",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS inside_random BOOLEAN",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS retrain_seeds INTEGER[]",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS n_boot INTEGER",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS interval_covers VARCHAR",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS versus VARCHAR",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS diff DOUBLE",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS diff_lo DOUBLE",
+    "ALTER TABLE lds_results ADD COLUMN IF NOT EXISTS diff_hi DOUBLE",
+    # rows written before the columns above: their `ceiling` was the test-retest agreement; move it
+    "UPDATE lds_results SET test_retest = ceiling, ceiling = 100 * sqrt(greatest(ceiling, 0) / 100) "
+    "WHERE test_retest IS NULL AND lds_lo IS NULL AND ceiling IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS utility_fidelity (
+        method VARCHAR NOT NULL,        -- the cheap utility method ('sft', 'ft') judged against retraining
+        property VARCHAR NOT NULL,
+        size INTEGER NOT NULL,          -- coalition size; 0 = pooled over sizes (mean weighted by coalitions)
+        n INTEGER NOT NULL,             -- coalitions
+        spearman DOUBLE,                -- within-size Spearman of the method's utilities vs retraining
+        lo DOUBLE,                      -- 95% bootstrap over coalitions within size (pooled row only)
+        hi DOUBLE,
+        reference VARCHAR,              -- what the retrained utility is (the mean over which seeds)
+        test_seed INTEGER NOT NULL,     -- the LDS test-coalition draw the coalitions come from
+        computed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (method, property, size, test_seed)
     )""",
     """CREATE TABLE IF NOT EXISTS counterfactual_results (
         round_id VARCHAR NOT NULL,
         property VARCHAR NOT NULL,
         scenario VARCHAR NOT NULL,      -- 'remove_top', 'keep_top' or 'remove_random'
-        ranking VARCHAR NOT NULL,       -- 'shapley' (the round's default), 'loo' or 'random'
+        fraction DOUBLE NOT NULL,       -- of contributors removed (remove_*) or kept (keep_top)
+        ranking VARCHAR NOT NULL,       -- 'shapley' (the round's default), 'shapley-<method>', 'loo' or 'random'
         repeat INTEGER NOT NULL,        -- 0, or the index of the random draw
         coalition_key VARCHAR NOT NULL, -- the retrained coalition
         removed VARCHAR[] NOT NULL,
         kept INTEGER NOT NULL,
-        v_full DOUBLE NOT NULL,         -- retrained utility of all contributors
-        v_after DOUBLE NOT NULL,
-        relative_change DOUBLE,         -- (v_after - v_full) / |v_full|
+        v_full DOUBLE NOT NULL,         -- retrained utility of all contributors, mean over seeds
+        v_after DOUBLE NOT NULL,        -- mean over seeds
+        relative_change DOUBLE,         -- mean over seeds of (v_after - v_full) / |v_full|, paired by seed
+        rc_lo DOUBLE,                   -- t interval over the retrain seeds (NULL with one seed)
+        rc_hi DOUBLE,
+        per_seed DOUBLE[],
+        retrain_seeds INTEGER[],
         n_seeds INTEGER NOT NULL,
         computed_at TIMESTAMP NOT NULL,
-        PRIMARY KEY (round_id, property, scenario, ranking, repeat)
+        PRIMARY KEY (round_id, property, scenario, fraction, ranking, repeat)
     )""",
     # re-valuation (stages/lineage.py): which contributors a utility's or a round's base never saw,
     # the policy and the estimator a round used, and contributors' duplicate images and removal
@@ -191,8 +227,20 @@ TABLE_KEYS = {
     "valuation_rounds": ("round_id",),
     "shapley_values": ("round_id", "contributor", "property", "estimator"),
     "lds_results": ("round_id", "estimator", "property", "alpha", "n_test", "n_seeds", "test_seed"),
-    "counterfactual_results": ("round_id", "property", "scenario", "ranking", "repeat"),
+    "counterfactual_results": ("round_id", "property", "scenario", "fraction", "ranking", "repeat"),
+    "utility_fidelity": ("method", "property", "size", "test_seed"),
 }
+
+
+def apply_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create or bring up to date every table and view. A ``counterfactual_results`` from before
+    counterfactual curves (no ``fraction`` in its key) is kept as ``counterfactual_results_v1``."""
+    cols = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                      "WHERE table_name = 'counterfactual_results'").fetchall()}
+    if cols and "fraction" not in cols:
+        con.execute("ALTER TABLE counterfactual_results RENAME TO counterfactual_results_v1")
+    for stmt in SCHEMA:
+        con.execute(stmt)
 
 
 def published_path(path: str | Path) -> Path:
@@ -231,8 +279,7 @@ class ResultStore:
             con = self._open_with_backoff()
             try:
                 if not self._schema_ready:
-                    for stmt in SCHEMA:
-                        con.execute(stmt)
+                    apply_schema(con)
                     self._schema_ready = True
                 con.execute("CHECKPOINT")  # everything in the main file, nothing left in the WAL
             finally:
@@ -254,8 +301,7 @@ class ResultStore:
             con = self._open_with_backoff()
             try:
                 if not self._schema_ready:
-                    for stmt in SCHEMA:
-                        con.execute(stmt)
+                    apply_schema(con)
                     self._schema_ready = True
                 yield con
             finally:
