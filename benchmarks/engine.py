@@ -1,6 +1,6 @@
 """Does the local engine use both cores, and what does a run through Ray cost? Measured on the default.
 
-Run:  python benchmarks/engine.py              (≈ 30 min on 2 CPU cores: the default twice)
+Run:  python benchmarks/engine.py              (≈ 60 min on 2 CPU cores at the default budget of 220: the default twice)
       python benchmarks/engine.py --quick      (tiny models, a smoke run of the same measurements)
 Writes benchmarks/results/engine.md and engine.json (``-quick`` suffix with --quick).
 
