@@ -72,7 +72,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
     ap.add_argument("--n-test", type=int, default=None, help="held-out test coalitions per alpha (default 50; quick 8)")
     ap.add_argument("--alphas", default="0.5", help="fractions of contributors the test coalitions keep")
-    ap.add_argument("--budgets", default=None, help="equal-compute budgets in retrains (default 30,90; quick 6,12)")
+    ap.add_argument("--budgets", default=None, help="equal-compute budgets in retrains (default 30,60; quick 6,12)")
     ap.add_argument("--max-pool", type=int, default=1500, help="cap on the coalitions of one method and budget")
     ap.add_argument("--calibrate", type=int, default=6, help="design coalitions timed by every method first")
     ap.add_argument("--fractions", default="0.1,0.2,0.3,0.4", help="counterfactual removal fractions")
@@ -124,7 +124,7 @@ def main() -> int:
     full = make_coalition(ids, "full", 0)
     seed_of = {"retrain": cfg.train.seed, "ft": cfg.finetune.seed, "sft": cfg.finetune.seed}
     design = CoalitionDesign(n_players=n, seed=cfg.valuation.seed)
-    budgets = [int(b) for b in (args.budgets or ("6,12" if args.quick else "30,90")).split(",") if b]
+    budgets = [int(b) for b in (args.budgets or ("6,12" if args.quick else "30,60")).split(",") if b]
     n_test = args.n_test or (8 if args.quick else 50)
 
     # 1. calibration: the first design coalitions by every method, interleaved (same machine load)
@@ -186,7 +186,9 @@ def main() -> int:
         for b in budgets:
             for m in METHODS:
                 for p in props:
-                    if phi[(b, m, p)] is None:
+                    if phi[(b, m, p)] is None:  # fewer coalitions than the estimator needs: said, not dropped
+                        lds_rows.append({"alpha": a, "budget": b, "method": m, "coalitions": pools[(m, b)],
+                                         "affordable": affordable[(m, b)], "property": p, "res": None, "diff": None})
                         continue
                     res = lds_score(phi[(b, m, p)], tests[a], measured[a][p], seed=cfg.lds.seed)
                     diff = (lds_difference(phi[(b, m, p)], phi[(b, "retrain", p)], tests[a], measured[a][p],
@@ -345,6 +347,10 @@ def report(args, cfg, costs, med, one_off, budgets, lds_rows, fidelity_rows, agr
     for r in lds_rows:
         res, d = r["res"], r["diff"]
         used = f"{r['coalitions']}" + (f" (of {r['affordable']})" if r["affordable"] > r["coalitions"] else "")
+        if res is None:
+            L.append(f"| {r['alpha']:g} | {r['budget']} | {r['method']} | {used} | {r['property']} | n/a: fewer "
+                     "coalitions than the estimator needs | | | | |")
+            continue
         score = f"**{res.lds:.1f}**" if res.inside_random else f"{res.lds:.1f}"
         diff = "–" if d is None else f"{d.difference:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}]"
         L.append(f"| {r['alpha']:g} | {r['budget']} | {r['method']} | {used} | {r['property']} | {score} | "
@@ -385,7 +391,7 @@ def plot(path: Path, lds_rows, curves, budgets) -> None:
     fig, axes = plt.subplots(2, len(props), figsize=(5.5 * len(props), 8.4), squeeze=False)
     for j, p in enumerate(props):
         ax = axes[0][j]
-        rows = [r for r in lds_rows if r["property"] == p and r["alpha"] == lds_rows[0]["alpha"]]
+        rows = [r for r in lds_rows if r["property"] == p and r["alpha"] == lds_rows[0]["alpha"] and r["res"] is not None]
         if rows:
             ax.axhspan(rows[0]["res"].random_lo, rows[0]["res"].random_hi, color="0.85", label="random 95%")
             ax.axhline(rows[0]["res"].ceiling, color="0.4", ls=":", label="oracle ceiling")
