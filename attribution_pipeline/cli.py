@@ -57,7 +57,7 @@ def _parse_value(text: str):
         return text
 
 
-def _overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str]) -> dict:
     """``train.steps=200`` → ``{"train": {"steps": 200}}``."""
     out: dict = {}
     for pair in pairs:
@@ -99,7 +99,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         changes["valuation"] = valuation
     cfg = cfg.override(changes)
     if args.set:
-        cfg = cfg.override(_overrides(args.set))
+        cfg = cfg.override(parse_overrides(args.set))
     return cfg
 
 
@@ -265,7 +265,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         cfg = read_pipeline_config(args.workdir)
         if args.set:
-            cfg = cfg.override(_overrides(args.set))
+            cfg = cfg.override(parse_overrides(args.set))
         # paths unchecked: evaluation retrains from the work directory's cached arrays, and the
         # contributors folder of a valued work directory may have moved since
         cfg = _checked(cfg, check_paths=False)

@@ -30,6 +30,19 @@ def test_partition_runs_groups_contiguous_keys():
         == [15, 15, 15, 15]
 
 
+def test_partition_runs_fill_whole_waves_of_the_engines_workers():
+    keys = [f"k{i:03d}" for i in range(221)]
+    assert [n for _, _, n in partition_runs(keys, keys, 32)] == [32, 32, 32, 32, 31, 31, 31]  # 7 runs
+    two = [n for _, _, n in partition_runs(keys, keys, 32, slots=2)]
+    assert len(two) == 8 and sum(two) == 221 and max(two) - min(two) <= 1  # 4 full waves on 2 workers
+    assert len(partition_runs(keys[:64], keys, 32, slots=2)) == 2  # already a multiple
+    assert len(partition_runs(keys[:3], keys, 32, slots=4)) == 3  # never more runs than keys
+    gappy = [k for i, k in enumerate(keys[:40]) if i != 10]  # two stretches: 10 and 29 keys
+    runs = partition_runs(gappy, keys, 16, slots=2)
+    assert len(runs) == 4 and sum(n for *_, n in runs) == 39  # 1 + 2 runs, one more for the longer stretch
+    assert [n for *_, n in runs] == [10, 10, 10, 9]
+
+
 @pytest.fixture
 def four_contributors(tmp_path):
     return write_digit_contributors(tmp_path / "four", classes=(0, 1, 4, 7), per_class=20)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import os
 import statistics
 import sys
 import time
@@ -39,7 +37,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("ATTRIBUTION_PIPELINE_TORCH_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Pool, elapsed, linked_workdir, prepare, utilities  # noqa: E402
 
 from attribution_pipeline.config import PipelineConfig, load_preset  # noqa: E402
 from attribution_pipeline.layout import RunLayout  # noqa: E402
@@ -54,82 +54,12 @@ QUICK = {
 }
 
 
-# ---- worker pool ------------------------------------------------------------------------------
-def _evaluate(job: tuple[dict, list[str], str, int]) -> tuple[str, str, int, dict, float, bool]:
-    """One utility in a worker process: (config dict, members, method, seed)."""
-    from attribution_pipeline.coalitions import make_coalition
-    from attribution_pipeline.stages import measure_utility
-    from attribution_pipeline.storage.results import ResultStore
-
-    cfg_dict, members, method, seed = job
-    cfg = PipelineConfig.from_dict(cfg_dict)
-    layout = RunLayout.at(cfg.workdir)
-    c = make_coalition(members, "sampled", -5)
-    out = measure_utility(cfg, layout, ResultStore(layout.database), c, method=method, seed=seed)
-    return c.key, method, seed, out.utilities, out.elapsed_s, out.checkpoint.skipped
-
-
-class Pool:
-    def __init__(self, workers: int):
-        self.pool = mp.get_context("spawn").Pool(workers, maxtasksperchild=None)
-
-    def run(self, jobs: list[tuple], label: str) -> list[tuple]:
-        start, out = time.perf_counter(), []
-        for i, r in enumerate(self.pool.imap_unordered(_evaluate, jobs), 1):
-            out.append(r)
-            if i % max(1, len(jobs) // 10) == 0 or i == len(jobs):
-                print(f"  {label}: {i}/{len(jobs)} ({time.perf_counter() - start:.0f}s)", flush=True)
-        return out
-
-
 # ---- set-up -------------------------------------------------------------------------------------
 def base_config(workdir: Path, quick: bool) -> PipelineConfig:
     cfg = PipelineConfig().override(load_preset("digits"))
     if quick:
         cfg = cfg.override(QUICK)
     return cfg.override({"workdir": str(workdir)})
-
-
-def prepare(cfg: PipelineConfig) -> dict:
-    """Contributors, instruments, θ*, θ̃* and v(∅) (cached stages); their one-off costs."""
-    from attribution_pipeline import stages
-    from attribution_pipeline.storage.artifacts import read_manifest
-    from attribution_pipeline.storage.results import ResultStore
-
-    layout = RunLayout.at(cfg.workdir)
-    layout.workdir.mkdir(parents=True, exist_ok=True)
-    store = ResultStore(layout.database)
-    stages.prepare_contributors(cfg, layout)
-    stages.build_property_reference(cfg, layout, print)
-    stages.train_full_model(cfg, layout, print)
-    stages.prune_base_model(cfg, layout, print)
-    stages.measure_empty_coalition(cfg, layout, store)
-    store.upsert("contributors", [{k: c[k] for k in ("contributor", "n_images", "data_hash", "n_skipped_files", "path")}
-                                  for c in stages.read_contributors(layout)["contributors"]])
-    full, pruned = read_manifest(layout.full_model_dir), read_manifest(layout.pruned_base_dir)
-    return {"train_s": full["train_seconds"], "prune_ft_s": pruned["finetune_seconds"],
-            "params_full": pruned["params_before"], "params_pruned": pruned["params_after"],
-            "macs_full": pruned["macs_before"], "macs_pruned": pruned["macs_after"]}
-
-
-def utilities(cfg: PipelineConfig, method: str, seeds: list[int] | None = None) -> dict[tuple[str, str], float]:
-    """{(coalition key, property): utility averaged over ``seeds``} from the work directory's DuckDB."""
-    from attribution_pipeline.storage.results import ResultStore
-
-    seeds = seeds or cfg.utility_seeds(method)
-    df = ResultStore(RunLayout.at(cfg.workdir).database).query(
-        "SELECT coalition_key, property, avg(value) AS v, count(*) AS n FROM utilities "
-        "WHERE method = ? AND seed IN (SELECT unnest(?)) GROUP BY ALL", [method, seeds])
-    return {(r["coalition_key"], r["property"]): r["v"] for r in df.iter_rows(named=True) if r["n"] == len(seeds)}
-
-
-def elapsed(cfg: PipelineConfig, method: str, keys: list[str], seed: int) -> list[float]:
-    from attribution_pipeline.storage.results import ResultStore
-
-    df = ResultStore(RunLayout.at(cfg.workdir).database).query(
-        "SELECT coalition_key, any_value(elapsed_s) AS s FROM utilities WHERE method = ? AND seed = ? "
-        "AND coalition_key IN (SELECT unnest(?)) GROUP BY ALL", [method, seed, keys])
-    return [float(x) for x in df["s"]]
 
 
 def shapley(masks: np.ndarray, keys: list[str], util: dict, prop: str, v_empty: float, v_full: float) -> np.ndarray | None:
@@ -145,18 +75,6 @@ def shapley(masks: np.ndarray, keys: list[str], util: dict, prop: str, v_empty: 
 def pearson(a, b) -> float:
     a, b = np.asarray(a, float), np.asarray(b, float)
     return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 else float("nan")
-
-
-def linked_workdir(src: Path, dst: Path, keep_pruned: bool) -> None:
-    """A sweep work directory sharing the source's contributors, instruments and θ* (symlinks)."""
-    (dst / "models").mkdir(parents=True, exist_ok=True)
-    links = {"data": src / "data", "reference": src / "reference", "models/full": src / "models" / "full",
-             "models/untrained": src / "models" / "untrained"}
-    if keep_pruned:
-        links["models/pruned_base"] = src / "models" / "pruned_base"
-    for name, target in links.items():
-        if not (dst / name).exists():
-            (dst / name).symlink_to(target.resolve(), target_is_directory=True)
 
 
 # ---- main ---------------------------------------------------------------------------------------

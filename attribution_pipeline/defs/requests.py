@@ -11,15 +11,23 @@ from attribution_pipeline.defs.jobs import BASE_JOB, COALITIONS_JOB, SHAPLEY_JOB
 from attribution_pipeline.defs.partitions import UNFINISHED_STATUSES, range_tags
 from attribution_pipeline.layout import signature
 from attribution_pipeline.stages import Step, partition_runs
+from attribution_pipeline.workdir import read_engine
 
 REQUEST_TAG = "attribution/request"  # what a run was launched for (the dedup key of the launchers)
 LAUNCHED_BY_TAG = "attribution/launched_by"
 
 
+def engine_slots(workdir: str) -> int:
+    """How many coalition runs the work directory's engine runs at once (1 in process)."""
+    settings = read_engine(workdir)
+    return 1 if settings.engine == "in-process" else max(1, settings.workers)
+
+
 def step_requests(step: Step, cfg: PipelineConfig, workdir: str, accepted: dict[str, str],
                   ordered_partitions: list[str]) -> list[dg.RunRequest]:
     """The runs of ``step``: the base job with the validated snapshot, the missing coalition
-    partitions in ranges of ``valuation.coalitions_per_run``, or the Shapley job."""
+    partitions in ranges of ``valuation.coalitions_per_run`` (as many as fill the engine's workers
+    in whole waves), or the Shapley job."""
     if step.kind == "base":
         config = {"resources": {"pipeline": {"config": {"workdir": workdir, "snapshot": accepted}}}}
         request = "base-" + signature(accepted, cfg.revaluation.policy)
@@ -28,7 +36,8 @@ def step_requests(step: Step, cfg: PipelineConfig, workdir: str, accepted: dict[
         known = set(ordered_partitions)
         keys = [k for k in step.keys if k in known]
         out = []
-        for first, last, _ in partition_runs(keys, ordered_partitions, max(1, cfg.valuation.coalitions_per_run)):
+        slots = engine_slots(workdir)
+        for first, last, _ in partition_runs(keys, ordered_partitions, max(1, cfg.valuation.coalitions_per_run), slots):
             chunk = ordered_partitions[ordered_partitions.index(first): ordered_partitions.index(last) + 1]
             request = "coalitions-" + signature(chunk, accepted, cfg.revaluation.policy, cfg.valuation.method)
             out.append(dg.RunRequest(job_name=COALITIONS_JOB, tags={**range_tags(first, last), REQUEST_TAG: request}))

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from attribution_pipeline.coalitions import Coalition, make_coalition
-from attribution_pipeline.config import PipelineConfig
+from attribution_pipeline.config import PipelineConfig, built_seeds
 from attribution_pipeline.evaluation import (
     counterfactual_sets, draw_test_coalitions, lds_difference, lds_score, random_removals, relative_change,
     within_size_spearman,
@@ -71,8 +71,6 @@ def _retrain(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, coaliti
 
 
 def _seeds_or_fail(cfg: PipelineConfig, kind: str) -> list[int]:
-    from attribution_pipeline.config import built_seeds
-
     seeds = cfg.evaluation_seeds(kind)
     clash = sorted(set(seeds) & built_seeds(cfg))
     if clash:  # the config refuses this too; kept here for configs built around the checks

@@ -156,11 +156,13 @@ def gather_pool(cfg: PipelineConfig, layout: RunLayout, store: ResultStore) -> P
     return Pool(plan, full, sampled, have, missing, round_id, reps, cfg.valuation.v_full == "full_model")
 
 
-def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) -> list[tuple[str, str, int]]:
+def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int, slots: int = 1) -> list[tuple[str, str, int]]:
     """Group missing keys into (first, last, count) ranges contiguous in the partition order, each of
     at most ``per_run`` keys: a contiguous stretch of n keys becomes ceil(n / per_run) ranges of
     near-equal size (60 keys at 16 per run: 15, 15, 15, 15, not 16, 16, 16, 12), so runs that go in
-    parallel end together."""
+    parallel end together. With ``slots`` runs at once (the engine's workers) the number of runs is
+    rounded up to a multiple of ``slots`` (221 keys at 32 on 2 workers: 8 runs of 27-28 in 4 full
+    waves, not 7 whose last wave leaves a worker idle), the extra runs going to the longest stretches."""
     position = {k: i for i, k in enumerate(ordered_keys)}
     idx = sorted(position[k] for k in missing)
     stretches: list[list[int]] = []
@@ -169,9 +171,16 @@ def partition_runs(missing: list[str], ordered_keys: list[str], per_run: int) ->
             stretches[-1].append(i)
         else:
             stretches.append([i])
+    counts = [-(-len(s) // max(1, per_run)) for s in stretches]
+    slots = max(1, int(slots))
+    target = min(-(-sum(counts) // slots) * slots, len(idx))
+    while sum(counts) < target:  # one more run for the stretch whose runs are the largest
+        j = max(range(len(stretches)), key=lambda j: (len(stretches[j]) / counts[j], -j))
+        if len(stretches[j]) <= counts[j]:
+            break
+        counts[j] += 1
     runs = []
-    for stretch in stretches:
-        n_runs = -(-len(stretch) // max(1, per_run))
+    for stretch, n_runs in zip(stretches, counts):
         size, extra = divmod(len(stretch), n_runs)
         at = 0
         for r in range(n_runs):
