@@ -1,7 +1,7 @@
 """``attribution-pipeline``: value data contributors from the command line.
 
     attribution-pipeline run            value the embedded default (10 digit contributors)
-    attribution-pipeline evaluate       LDS and counterfactual evaluation against retraining
+    attribution-pipeline evaluate       baseline attributions, LDS and counterfactuals against retraining
     attribution-pipeline show           print the latest Shapley table of a work directory
     attribution-pipeline query SQL      run read-only SQL against the work directory's DuckDB
                                         (--write to change it on purpose, --external-access for files)
@@ -172,8 +172,9 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="LDS and counterfactual evaluation of a valued work directory "
                                          "(retrains models from scratch: slow)")
     _add_common(ev)
-    ev.add_argument("--only", choices=["lds", "counterfactual"],
-                    help="one of the two evaluations (default: both)")
+    ev.add_argument("--only", choices=["baselines", "lds", "counterfactual"],
+                    help="one step: the baseline attributions (minutes), LDS or counterfactuals (retrains); "
+                         "default: all three, baselines first so LDS scores them too")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a field, e.g. --set lds.n_test=50 --set 'lds.alphas=[0.25, 0.5, 0.75]' "
                          "--set 'counterfactual.remove_fractions=[0.1, 0.2, 0.3, 0.4]' --set counterfactual.n_seeds=3")
@@ -273,8 +274,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     from attribution_pipeline.runner import run_evaluation
 
-    assets = {"lds": ("lds_results",), "counterfactual": ("counterfactual_results",)}.get(
-        args.only, ("lds_results", "counterfactual_results"))
+    assets = {"baselines": ("baseline_attributions",), "lds": ("lds_results",),
+              "counterfactual": ("counterfactual_results",)}.get(
+        args.only, ("baseline_attributions", "lds_results", "counterfactual_results"))
     return run_evaluation(cfg, assets)
 
 

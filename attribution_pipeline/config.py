@@ -241,6 +241,37 @@ class CounterfactualConfig:
     seed: int = 11  # seed of the random removals
     n_seeds: int = 3  # retrain seeds per coalition; the relative change's interval is over them
     retrain_seed: int = 2000  # first retrain seed; disjoint from the seeds that built θ*, the base and the pools
+    # baseline attributions (baselines.methods) whose rankings are also removed and retrained; each adds up
+    # to len(remove_fractions) + len(keep_fractions) coalitions × n_seeds retrains (shared when sets coincide)
+    baselines: tuple[str, ...] = ()
+
+
+BASELINE_METHODS = (
+    "size_share",                                        # |D_i| / Σ|D_j|
+    "loo_sft", "loo_retrain",                            # v(N) − v(N∖{i}) by sFT / by retraining
+    "pixel_sim_mean", "pixel_sim_max",                   # cosine of pixels, generated vs the contributor's
+    "feature_sim_mean", "feature_sim_max",               # the same on the instrument's features
+    "own_confidence_mean", "own_confidence_max",         # the instrument's confidence on the contributor's images
+    "own_property",                                      # the property of the contributor's own images
+    "grad_sim_mean", "grad_sim_max",                     # cosine of projected loss gradients
+    "trak", "relative_if", "renormalized_if", "dtrak", "journey_trak",
+)
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """The cheaper attributions Shapley values are compared with (``baselines/``, ``stages/baselines.py``)."""
+
+    # which to compute; "loo_retrain" (n retrains × loo_retrain_seeds) is left out by default: minutes per retrain
+    methods: tuple[str, ...] = tuple(m for m in BASELINE_METHODS if m != "loo_retrain")
+    n_timesteps: int = 10  # K fixed timesteps each gradient is averaged over (D-TRAK's default)
+    dim: int = 512  # projection dimension of the gradients (count sketch)
+    lam: float = 0.5  # λ of (ΦᵀΦ + λI)⁻¹, absolute, as the paper's
+    seed: int = 42  # projection and per-image noise seed
+    batch_size: int = 16  # images per vmap of per-example gradients
+    journey_points: int = 10  # trajectory points per generated image (Journey-TRAK)
+    group: str = "mean"  # the gradient family's aggregate over a contributor's images: "mean" or "sum"
+    loo_retrain_seeds: int = 1  # retrain seeds of loo_retrain: counterfactual.retrain_seed, ... (shared)
 
 
 REVALUATION_POLICIES = ("rebase", "incremental")
@@ -356,6 +387,7 @@ class PipelineConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     lds: LDSConfig = field(default_factory=LDSConfig)
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     revaluation: RevaluationConfig = field(default_factory=RevaluationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     properties: PropertiesConfig = field(default_factory=PropertiesConfig)
@@ -458,6 +490,24 @@ def structural_problems(cfg: "PipelineConfig") -> list[str]:
             out.append(problem(where, first, f"a first seed whose {count} seeds avoid {sorted(built_seeds(cfg))}, the seeds "
                                f"that built θ*, the pruned base and the pools (seed(s) {clash} would retrain with them)",
                                f"--set {where}={max(built_seeds(cfg)) + 1000}"))
+    b = cfg.baselines
+    unknown = [m for m in b.methods if m not in BASELINE_METHODS]
+    if unknown:
+        out.append(problem("baselines.methods", list(b.methods), f"names from {list(BASELINE_METHODS)} ({unknown} unknown)",
+                           "--set 'baselines.methods=[\"trak\", \"pixel_sim_max\"]'"))
+    out += _one_of("baselines.group", b.group, ("mean", "sum"))
+    stray = [m for m in cfg.counterfactual.baselines if m not in BASELINE_METHODS]
+    if stray:
+        out.append(problem("counterfactual.baselines", list(cfg.counterfactual.baselines),
+                           f"names from {list(BASELINE_METHODS)} ({stray} unknown)", "--set 'counterfactual.baselines=[\"trak\"]'"))
+    for name, value, ok in (("dim", b.dim, b.dim >= 1), ("n_timesteps", b.n_timesteps, b.n_timesteps >= 1),
+                            ("lam", b.lam, b.lam > 0), ("batch_size", b.batch_size, b.batch_size >= 1),
+                            ("journey_points", b.journey_points, b.journey_points >= 1),
+                            ("loo_retrain_seeds", b.loo_retrain_seeds, 1 <= b.loo_retrain_seeds <= cfg.counterfactual.n_seeds)):
+        if not ok:
+            out.append(problem(f"baselines.{name}", value, "a positive number" if name != "loo_retrain_seeds"
+                               else f"an integer in [1, counterfactual.n_seeds = {cfg.counterfactual.n_seeds}]",
+                               f"--set baselines.{name}={getattr(BaselinesConfig, name)}"))
     cron = cfg.revaluation.cron
     if cron is not None and len(str(cron).split()) != 5:  # Dagster checks the fields' values
         out.append(problem("revaluation.cron", cron, "a valid cron string (five fields, e.g. '0 3 * * 1') or null",

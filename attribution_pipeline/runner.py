@@ -228,7 +228,8 @@ def _round(cfg, layout, snapshot, launcher, progress: Progress, t_start: float, 
     return print_table(str(layout.workdir), out=out)
 
 
-def run_evaluation(cfg: PipelineConfig, assets: tuple[str, ...] = ("lds_results", "counterfactual_results"),
+def run_evaluation(cfg: PipelineConfig, assets: tuple[str, ...] = ("baseline_attributions", "lds_results",
+                                                                   "counterfactual_results"),
                    quiet: bool = False, out=sys.stdout) -> int:
     """Materialize the evaluation assets of a valued work directory and print their tables."""
     layout = RunLayout.at(cfg.workdir)
@@ -253,6 +254,14 @@ def run_evaluation(cfg: PipelineConfig, assets: tuple[str, ...] = ("lds_results"
 
 def _print_evaluation(store: ResultStore, assets: tuple[str, ...], out) -> None:
     with pl.Config(tbl_rows=100, tbl_cols=20, fmt_str_lengths=40, tbl_width_chars=250):
+        if "baseline_attributions" in assets:
+            print(store.query(
+                "SELECT method, family, property, string_agg(contributor, ', ' ORDER BY rank) "
+                "FILTER (WHERE rank <= 3) AS top_3, round(any_value(cost_s), 1) AS seconds FROM attributions "
+                "WHERE computed_at = (SELECT max(computed_at) FROM attributions) GROUP BY ALL "
+                "ORDER BY property, family, method"), file=out)
+            print("baseline attributions: higher = more credit; seconds include shared caches (gradients) in full.",
+                  file=out)
         if "lds_results" in assets:
             print(store.query(
                 "SELECT alpha, property, method, estimator, is_default, round(lds, 1) AS lds, round(lds_lo, 1) AS lo, "

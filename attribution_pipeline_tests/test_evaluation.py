@@ -182,14 +182,32 @@ def test_lds_and_counterfactual_assets_write_duckdb_and_cache_retrains(tmp_path)
            .override({"contributors_dir": str(contributors), "workdir": str(tmp_path / "work"),
                       "train": {"steps": 20}, "valuation": {"budget": 10},
                       "lds": {"n_test": 4, "n_seeds": 2, "n_boot": 300, "n_random": 300},
-                      "counterfactual": {"n_random": 2, "n_seeds": 2}}))
+                      "counterfactual": {"n_random": 2, "n_seeds": 2, "baselines": ["trak"]},
+                      "baselines": {"n_timesteps": 2, "dim": 64, "journey_points": 2}}))
     assert run_valuation(cfg, quiet=True, out=io.StringIO()) == 0
     out = io.StringIO()
     assert run_evaluation(cfg, out=out) == 0, out.getvalue()
 
     store = ResultStore(RunLayout.at(cfg.workdir).database)
+    # the baselines: every default method for both properties, ranked, costed, with provenance
+    from attribution_pipeline.config import BaselinesConfig
+
+    att = store.query("SELECT * FROM attributions")
+    assert set(att["method"]) == set(BaselinesConfig().methods) and set(att["property"]) == {"quality", "diversity"}
+    assert att.height == len(BaselinesConfig().methods) * 2 * 5
+    for (m, p), g in att.group_by("method", "property"):
+        assert sorted(g["rank"]) == [1, 2, 3, 4, 5] and (g["cost_s"] >= 0).all()
+    trak = att.filter(att["method"] == "trak")
+    prov = __import__("json").loads(trak["provenance"][0])
+    assert prov["dim"] == 64 and prov["timesteps"] == 2 and prov["lambda"] == 0.5 and prov["projection_seed"] == 42
+    size = att.filter((att["method"] == "size_share") & (att["property"] == "quality"))
+    assert size["value"].sum() == pytest.approx(1.0)  # 12 images each: equal shares
+    assert "trak" in out.getvalue() and "size_share" in out.getvalue()
+
     lds = store.query("SELECT * FROM lds_results")
-    assert set(lds["property"]) == {"quality", "diversity"} and set(lds["method"]) == {"sft"}
+    assert set(lds["property"]) == {"quality", "diversity"} and set(lds["method"]) == {"sft", "baseline"}
+    scored = set(lds.filter(lds["method"] == "baseline")["estimator"])
+    assert scored == set(BaselinesConfig().methods)  # every baseline is scored on the same test set
     assert (lds["n_test"] == 4).all() and (lds["n_seeds"] == 2).all()
     assert lds.filter(lds["is_default"]).height == 2
     assert all(-100 <= v <= 100 for v in lds["lds"].drop_nulls())
@@ -200,7 +218,10 @@ def test_lds_and_counterfactual_assets_write_duckdb_and_cache_retrains(tmp_path)
             assert r["inside_random"] == (r["random_lo"] <= r["lds"] <= r["random_hi"])
         assert r["retrain_seeds"] == [1000, 1001] and "seeds" in r["interval_covers"]
         # paired difference to the default estimate: none for the default itself
-        assert (r["diff"] is None) == bool(r["is_default"])
+        assert (r["diff"] is None) == (bool(r["is_default"]) or r["lds"] is None)
+    # equal data-size shares rank no test coalition above another (all have alpha n members): no LDS, not NaN
+    share = lds.filter(lds["estimator"] == "size_share")
+    assert share["lds"].null_count() == share.height == 2 and share["inside_random"].null_count() == 2
     # the cheap method's utilities of the same test coalitions, ranked against retraining within size
     fid = store.query("SELECT * FROM utility_fidelity")
     assert set(fid["method"]) == {"sft"} and set(fid["property"]) == {"quality", "diversity"}
@@ -221,8 +242,9 @@ def test_lds_and_counterfactual_assets_write_duckdb_and_cache_retrains(tmp_path)
     for prop in ("quality", "diversity"):
         rows = cf.filter(cf["property"] == prop)
         got = sorted(zip(rows["scenario"], rows["ranking"], rows["repeat"]))
-        assert got == [("keep_top", "shapley", 0), ("remove_random", "random", 0), ("remove_random", "random", 1),
-                       ("remove_top", "loo", 0), ("remove_top", "shapley", 0)]
+        assert got == [("keep_top", "shapley", 0), ("keep_top", "trak", 0), ("remove_random", "random", 0),
+                       ("remove_random", "random", 1), ("remove_top", "loo", 0), ("remove_top", "shapley", 0),
+                       ("remove_top", "trak", 0)]
     assert set(cf.filter(cf["scenario"] == "remove_top")["kept"]) == {3}  # 40% of 5 removed
     assert set(cf.filter(cf["scenario"] == "keep_top")["kept"]) == {3}  # 60% of 5 kept
     assert set(cf["fraction"]) == {0.4, 0.6}

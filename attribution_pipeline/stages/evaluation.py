@@ -32,6 +32,8 @@ from attribution_pipeline.stages.result import Log, quiet
 from attribution_pipeline.stages.utility import RETRAIN, UTILITY_METHODS
 from attribution_pipeline.storage.results import ResultStore
 
+BASELINE = "baseline"  # lds_results.method of a baseline attribution (its name is in ``estimator``)
+
 
 @dataclass
 class EvaluationOutcome:
@@ -92,6 +94,25 @@ def _round_values(store: ResultStore, rounds: dict[str, str], ids: list[str]) ->
     return values
 
 
+def _baseline_values(store: ResultStore, layout: RunLayout, ids: list[str], round_id: str,
+                     only: tuple[str, ...] | None = None) -> dict:
+    """("baseline", property, method) → (values in ``ids`` order, False, ``round_id``): the baselines
+    stored for the current θ* (``stages/baselines.py``), each scored beside the round it is compared with."""
+    from attribution_pipeline.layout import content_hash
+    from attribution_pipeline.stages.baselines import read_baselines
+
+    if not (layout.full_model_dir / "manifest.json").is_file():
+        return {}
+    out = {}
+    for method, by_prop in read_baselines(store, content_hash(layout.full_model_dir)).items():
+        if only is not None and method not in only:
+            continue
+        for prop, by in by_prop.items():
+            if all(c in by for c in ids):
+                out[(BASELINE, prop, method)] = (np.array([by[c] for c in ids], dtype=float), False, round_id)
+    return out
+
+
 @dataclass
 class _TestSet:
     """One α's held-out coalitions, their retrained utilities per property ``(seeds, m)``, and the
@@ -143,6 +164,12 @@ def _lds_rows(cfg: PipelineConfig, test: _TestSet, values: dict, reference, seed
                      "diff": None if diff is None else diff.difference,
                      "diff_lo": None if diff is None else diff.lo, "diff_hi": None if diff is None else diff.hi,
                      "test_coalitions": [c.key for c in test.coalitions], "computed_at": now})
+        # an attribution constant on the test set (e.g. equal data-size shares: every test coalition
+        # has the same size) ranks nothing: its LDS is undefined, stored as NULL rather than NaN
+        rows[-1].update({k: None for k in ("lds", "lds_lo", "lds_hi", "lds_ci", "diff", "diff_lo", "diff_hi")
+                         if isinstance(rows[-1][k], float) and not np.isfinite(rows[-1][k])})
+        if rows[-1]["lds"] is None:
+            rows[-1]["inside_random"] = None
     return rows
 
 
@@ -180,6 +207,7 @@ def evaluate_lds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log
         raise RuntimeError("no valuation round over the current contributors yet: materialize `shapley_values` first")
     seeds = _seeds_or_fail(cfg, "lds")
     values = _round_values(store, rounds, ids)
+    values.update(_baseline_values(store, layout, ids, rounds.get(cfg.valuation.method) or next(iter(rounds.values()))))
     reference = next(((m, e) for (m, p, e), (_, d, _) in values.items() if m == cfg.valuation.method and d), None)
     approx_methods = [m for m in dict.fromkeys([cfg.valuation.method, *rounds]) if m != RETRAIN]
     now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -249,6 +277,14 @@ def _rankings(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, ids: l
             if all(c in by for c in ids):
                 rankings[name][p] = np.array([by[c] for c in ids], dtype=float)
     rankings["loo"] = _loo_values(cfg, layout, store, ids, props, log)
+    if cfg.counterfactual.baselines:
+        found = _baseline_values(store, layout, ids, round_id, cfg.counterfactual.baselines)
+        missing = sorted(set(cfg.counterfactual.baselines) - {m for _, _, m in found})
+        if missing:
+            raise RuntimeError(f"counterfactual.baselines names {missing}, which have no rows for the current full "
+                               "model: materialize `baseline_attributions` (attribution-pipeline baselines) first")
+        for (_, p, m), (v, _, _) in found.items():
+            rankings.setdefault(m, {})[p] = v
     return rankings
 
 

@@ -205,6 +205,21 @@ SCHEMA = [
     "ALTER TABLE shapley_values ADD COLUMN IF NOT EXISTS noise_dof INTEGER",
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS replicates INTEGER",
     "ALTER TABLE valuation_rounds ADD COLUMN IF NOT EXISTS design VARCHAR",
+    # cheaper attributions to compare Shapley values with (stages/baselines.py), one row per method,
+    # property and contributor, for the θ* (``basis``, its content hash) they were computed on
+    """CREATE TABLE IF NOT EXISTS attributions (
+        basis VARCHAR NOT NULL,         -- content hash of the full model θ* (and so of the data it saw)
+        method VARCHAR NOT NULL,        -- 'trak', 'pixel_sim_max', 'loo_sft', ... (config.BASELINE_METHODS)
+        family VARCHAR NOT NULL,        -- 'size', 'similarity', 'own_data', 'gradient' or 'loo'
+        property VARCHAR NOT NULL,      -- property-free methods repeat their values under every property
+        contributor VARCHAR NOT NULL,
+        value DOUBLE NOT NULL,          -- higher = more credit (signs as computed, never flipped)
+        rank INTEGER,                   -- 1 = most credit
+        cost_s DOUBLE,                  -- seconds to compute the method (shared caches counted in full)
+        provenance VARCHAR,             -- JSON: instrument, timesteps, projection dim and seed, lambda, aggregation
+        computed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (basis, method, property, contributor)
+    )""",
     """CREATE OR REPLACE VIEW latest_shapley_values AS
         SELECT s.* FROM shapley_values s
         WHERE s.round_id = (SELECT round_id FROM valuation_rounds
@@ -218,6 +233,17 @@ SCHEMA = [
         FROM shapley_values s JOIN valuation_rounds r USING (round_id)
         WHERE s.is_default
         WINDOW w AS (PARTITION BY s.property, s.contributor, coalesce(s.method, 'sft') ORDER BY r.computed_at)""",
+    # one shape for every attribution of the latest round: its default Shapley values and the baselines
+    # computed on the θ* the round's utilities started from
+    """CREATE OR REPLACE VIEW latest_attributions AS
+        SELECT 'shapley-' || coalesce(s.method, 'sft') AS method, 'shapley' AS family, s.property, s.contributor,
+               s.value, s.rank, s.ci_low, s.ci_high, s.round_id AS source
+        FROM latest_shapley_values s WHERE s.is_default
+        UNION ALL
+        SELECT a.method, a.family, a.property, a.contributor, a.value, a.rank, NULL, NULL, a.basis
+        FROM attributions a
+        WHERE a.computed_at = (SELECT max(computed_at) FROM attributions b
+                               WHERE b.method = a.method AND b.property = a.property)""",
 ]
 
 TABLE_KEYS = {
@@ -229,6 +255,7 @@ TABLE_KEYS = {
     "lds_results": ("round_id", "estimator", "property", "alpha", "n_test", "n_seeds", "test_seed"),
     "counterfactual_results": ("round_id", "property", "scenario", "fraction", "ranking", "repeat"),
     "utility_fidelity": ("method", "property", "size", "test_seed"),
+    "attributions": ("basis", "method", "property", "contributor"),
 }
 
 
