@@ -2,6 +2,7 @@
 
     attribution-pipeline run            value the embedded default (10 digit contributors)
     attribution-pipeline evaluate       baseline attributions, LDS and counterfactuals against retraining
+    attribution-pipeline report         write the HTML report (Shapley tables, baselines, LDS, figures)
     attribution-pipeline show           print the latest Shapley table of a work directory
     attribution-pipeline query SQL      run read-only SQL against the work directory's DuckDB
                                         (--write to change it on purpose, --external-access for files)
@@ -178,6 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a field, e.g. --set lds.n_test=50 --set 'lds.alphas=[0.25, 0.5, 0.75]' "
                          "--set 'counterfactual.remove_fractions=[0.1, 0.2, 0.3, 0.4]' --set counterfactual.n_seeds=3")
+    rep = sub.add_parser("report", help="write the attribution report (HTML + PNG) under <workdir>/report/ "
+                                        "(computes the baseline attributions first, minutes on the default)")
+    _add_common(rep)
+    rep.add_argument("--skip-baselines", action="store_true",
+                     help="do not compute the baseline attributions; report what the database already holds")
     show = sub.add_parser("show", help="print the latest Shapley table")
     _add_common(show)
     show.add_argument("--all-estimators", action="store_true", help="every estimator, not only the default")
@@ -280,6 +286,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run_evaluation(cfg, assets)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from attribution_pipeline.workdir import read_pipeline_config
+
+    try:
+        cfg = _checked(read_pipeline_config(args.workdir), check_paths=False)
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    from attribution_pipeline.runner import run_report
+
+    return run_report(cfg, with_baselines=not args.skip_baselines)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from attribution_pipeline.report import print_table
 
@@ -378,7 +396,7 @@ def cmd_init_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "evaluate": cmd_evaluate, "show": cmd_show, "query": cmd_query,
+COMMANDS = {"run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "show": cmd_show, "query": cmd_query,
             "reindex": cmd_reindex, "ui": cmd_ui, "init-data": cmd_init_data}
 
 

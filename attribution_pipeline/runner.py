@@ -252,6 +252,19 @@ def run_evaluation(cfg: PipelineConfig, assets: tuple[str, ...] = ("baseline_att
     return 0
 
 
+def run_report(cfg: PipelineConfig, with_baselines: bool = True, out=sys.stdout) -> int:
+    """Materialize ``baseline_attributions`` (unless ``with_baselines`` is False) and ``attribution_report``
+    of a valued work directory; print where the page is and how to open it."""
+    from attribution_pipeline.stages.report import PAGE, report_dir
+
+    assets = ("baseline_attributions", "attribution_report") if with_baselines else ("attribution_report",)
+    code = run_evaluation(cfg, assets, quiet=True, out=out)
+    if code == 0:
+        page = report_dir(RunLayout.at(cfg.workdir)) / PAGE
+        print(f"report: {page}\nopen it with: python -m webbrowser file://{page}", file=out)
+    return code
+
+
 def _print_evaluation(store: ResultStore, assets: tuple[str, ...], out) -> None:
     with pl.Config(tbl_rows=100, tbl_cols=20, fmt_str_lengths=40, tbl_width_chars=250):
         if "baseline_attributions" in assets:

@@ -28,6 +28,7 @@ def build_definitions(workdir: str | None = None) -> dg.Definitions:
         coalition_assets.build_coalition_outcomes(cfg.valuation.coalitions_per_run),
         coalition_assets.empty_coalition_utilities, coalition_assets.full_model_utilities,
         valuation_assets.shapley_values, evaluation_assets.baseline_attributions, evaluation_assets.lds_results, evaluation_assets.counterfactual_results,
+        evaluation_assets.attribution_report,
     ]
     jobs = build_jobs(read_engine(workdir))  # tagged for the engine `run` last configured
     round_jobs = [j for j in jobs if j.name in ROUND_JOBS]

@@ -1,0 +1,137 @@
+"""The attribution report: `run` then `report` writes the page; after `evaluate` it holds every section;
+a real headless Chromium loads every figure; the Dagster asset page's metadata (GraphQL) carries the
+markdown and the images."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attribution_pipeline.cli import main
+from attribution_pipeline.layout import RunLayout
+from attribution_pipeline.stages.report import PAGE, report_dir
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """A tiny valued work directory, reported once before and once after its evaluation."""
+    from attribution_pipeline.config import PipelineConfig, load_preset
+    from attribution_pipeline.runner import run_evaluation, run_valuation
+    from attribution_pipeline_tests.conftest import TINY_OVERRIDES, write_digit_contributors
+
+    tmp = tmp_path_factory.mktemp("report")
+    contributors = write_digit_contributors(tmp / "contributors", classes=(0, 1, 2, 7), per_class=12)
+    cfg = (PipelineConfig().override(load_preset("digits")).override(TINY_OVERRIDES)
+           .override({"contributors_dir": str(contributors), "workdir": str(tmp / "work"),
+                      "train": {"steps": 20}, "valuation": {"budget": 8},
+                      "lds": {"n_test": 4, "n_seeds": 2, "n_boot": 200, "n_random": 200},
+                      "counterfactual": {"n_random": 1, "n_seeds": 2},
+                      "baselines": {"n_timesteps": 2, "dim": 32, "journey_points": 2}}))
+    assert run_valuation(cfg, quiet=True, out=io.StringIO()) == 0
+    page = report_dir(RunLayout.at(cfg.workdir)) / PAGE
+    assert main(["report", "--workdir", cfg.workdir]) == 0
+    before = page.read_text()
+    assert run_evaluation(cfg, ("lds_results", "counterfactual_results"), out=io.StringIO()) == 0
+    assert main(["report", "--workdir", cfg.workdir, "--skip-baselines"]) == 0
+    return cfg, before, page
+
+
+def _images(html: str) -> list[str]:
+    return re.findall(r'<img src="([^"]+)"', html)
+
+
+def test_report_after_run_alone_says_what_is_missing_and_after_evaluate_has_every_section(reported):
+    cfg, before, page = reported
+    # after `run` and `report`: Shapley tables, baselines (rank agreement) and images; LDS waits for evaluate
+    assert "Shapley values" in before and "Rank agreement" in before
+    assert "Not yet computed" in before and "evaluate --only lds" in before
+    html = page.read_text()
+    assert "Not yet computed" not in html
+    for title in ("Shapley values", "Linear datamodeling score", "Counterfactuals", "Images", "Rank agreement"):
+        assert title in html, title
+    files = _images(html)
+    assert {"lds_versus_cost.png", "counterfactual.png", "samples_full_model.png", "retrained_without_top.png",
+            "agreement_quality.png", "agreement_diversity.png"} <= set(files)
+    for f in files:  # every figure the page links exists and is a PNG
+        assert (page.parent / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+    assert "http://" not in html and "https://" not in html and "<script" not in html  # nothing fetched
+    # the Table-1 rows: the default Shapley variant and the baselines, with the random range and ceiling
+    assert "shapley-sft" in html and "trak" in html and "random 95% range" in html and "oracle ceiling" in html
+
+
+def _load_in_chromium(page: Path, tmp: Path) -> str:
+    """The page's DOM after load in headless Chromium, with each image's natural size recorded by a
+    probe script injected into a copy of the page (the report itself has no script)."""
+    copy = tmp / "probe"
+    shutil.copytree(page.parent, copy)
+    probe = ("<script>window.addEventListener('load', () => { document.querySelectorAll('img').forEach(i => "
+             "i.setAttribute('data-natural', i.naturalWidth + 'x' + i.naturalHeight)); "
+             "document.body.setAttribute('data-tables', document.querySelectorAll('table').length); });</script>")
+    (copy / PAGE).write_text(page.read_text().replace("</body>", probe + "</body>"))
+    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          "--virtual-time-budget=10000", "--dump-dom", (copy / PAGE).as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it: apt-get install chromium)")
+def test_every_figure_loads_in_headless_chromium(reported, tmp_path):
+    _, _, page = reported
+    dom = _load_in_chromium(page, tmp_path)
+    sizes = re.findall(r'data-natural="(\d+)x(\d+)"', dom)
+    assert len(sizes) == len(_images(page.read_text())) > 5
+    assert all(int(w) > 0 and int(h) > 0 for w, h in sizes), sizes
+    assert int(re.search(r'data-tables="(\d+)"', dom).group(1)) >= 3
+
+
+def test_the_asset_page_metadata_carries_the_markdown_and_images(reported):
+    from attribution_pipeline_tests.test_webserver import LOCATION, WORKSPACE_Q, _free_port, _graphql
+
+    cfg, _, page = reported
+    layout = RunLayout.at(cfg.workdir)
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(layout.dagster_home), "ATTRIBUTION_PIPELINE_WORKDIR": str(layout.workdir)}
+    exe = Path(sys.executable).parent / "dagster-webserver"
+    proc = subprocess.Popen([str(exe), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    query = """query($key: AssetKeyInput!) { assetOrError(assetKey: $key) { __typename ... on Asset {
+      assetMaterializations(limit: 1) { metadataEntries { label __typename
+        ... on MarkdownMetadataEntry { mdStr } ... on PathMetadataEntry { path } } } } } }"""
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                entries = _graphql(port, WORKSPACE_Q)["data"]["workspaceOrError"]["locationEntries"]
+                if entries[0]["loadStatus"] == "LOADED":
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert entries[0]["name"] == LOCATION
+        asset = _graphql(port, query, {"key": {"path": ["attribution_report"]}})["data"]["assetOrError"]
+        assert asset["__typename"] == "Asset"
+        meta = {e["label"]: e for e in asset["assetMaterializations"][0]["metadataEntries"]}
+        assert meta["page"]["path"] == str(page)
+        md = meta["summary"]["mdStr"]
+        assert md.count("](data:image/png;base64,") == len(_images(page.read_text()))
+        assert "**quality**: top" in md
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
