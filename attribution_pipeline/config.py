@@ -451,6 +451,30 @@ def built_seeds(cfg: "PipelineConfig") -> set[int]:
             | {cfg.finetune.seed + j for j in range(max(cfg.valuation.replicates, 1))})
 
 
+def _baseline_problems(cfg: "PipelineConfig") -> list[str]:
+    """The ``baselines`` section and ``counterfactual.baselines`` name known methods and sane sizes."""
+    out = []
+    b = cfg.baselines
+    unknown = [m for m in b.methods if m not in BASELINE_METHODS]
+    if unknown:
+        out.append(problem("baselines.methods", list(b.methods), f"names from {list(BASELINE_METHODS)} ({unknown} unknown)",
+                           "--set 'baselines.methods=[\"trak\", \"pixel_sim_max\"]'"))
+    out += _one_of("baselines.group", b.group, ("mean", "sum"))
+    stray = [m for m in cfg.counterfactual.baselines if m not in BASELINE_METHODS]
+    if stray:
+        out.append(problem("counterfactual.baselines", list(cfg.counterfactual.baselines),
+                           f"names from {list(BASELINE_METHODS)} ({stray} unknown)", "--set 'counterfactual.baselines=[\"trak\"]'"))
+    for name, value, ok in (("dim", b.dim, b.dim >= 1), ("n_timesteps", b.n_timesteps, b.n_timesteps >= 1),
+                            ("lam", b.lam, b.lam > 0), ("batch_size", b.batch_size, b.batch_size >= 1),
+                            ("journey_points", b.journey_points, b.journey_points >= 1),
+                            ("loo_retrain_seeds", b.loo_retrain_seeds, 1 <= b.loo_retrain_seeds <= cfg.counterfactual.n_seeds)):
+        if not ok:
+            out.append(problem(f"baselines.{name}", value, "a positive number" if name != "loo_retrain_seeds"
+                               else f"an integer in [1, counterfactual.n_seeds = {cfg.counterfactual.n_seeds}]",
+                               f"--set baselines.{name}={getattr(BaselinesConfig, name)}"))
+    return out
+
+
 def structural_problems(cfg: "PipelineConfig") -> list[str]:
     """The checks every ``PipelineConfig`` passes at construction: allowed values of the utility
     method, policy, model family, data source and precision, and the ranges the methods rely on
@@ -490,24 +514,7 @@ def structural_problems(cfg: "PipelineConfig") -> list[str]:
             out.append(problem(where, first, f"a first seed whose {count} seeds avoid {sorted(built_seeds(cfg))}, the seeds "
                                f"that built θ*, the pruned base and the pools (seed(s) {clash} would retrain with them)",
                                f"--set {where}={max(built_seeds(cfg)) + 1000}"))
-    b = cfg.baselines
-    unknown = [m for m in b.methods if m not in BASELINE_METHODS]
-    if unknown:
-        out.append(problem("baselines.methods", list(b.methods), f"names from {list(BASELINE_METHODS)} ({unknown} unknown)",
-                           "--set 'baselines.methods=[\"trak\", \"pixel_sim_max\"]'"))
-    out += _one_of("baselines.group", b.group, ("mean", "sum"))
-    stray = [m for m in cfg.counterfactual.baselines if m not in BASELINE_METHODS]
-    if stray:
-        out.append(problem("counterfactual.baselines", list(cfg.counterfactual.baselines),
-                           f"names from {list(BASELINE_METHODS)} ({stray} unknown)", "--set 'counterfactual.baselines=[\"trak\"]'"))
-    for name, value, ok in (("dim", b.dim, b.dim >= 1), ("n_timesteps", b.n_timesteps, b.n_timesteps >= 1),
-                            ("lam", b.lam, b.lam > 0), ("batch_size", b.batch_size, b.batch_size >= 1),
-                            ("journey_points", b.journey_points, b.journey_points >= 1),
-                            ("loo_retrain_seeds", b.loo_retrain_seeds, 1 <= b.loo_retrain_seeds <= cfg.counterfactual.n_seeds)):
-        if not ok:
-            out.append(problem(f"baselines.{name}", value, "a positive number" if name != "loo_retrain_seeds"
-                               else f"an integer in [1, counterfactual.n_seeds = {cfg.counterfactual.n_seeds}]",
-                               f"--set baselines.{name}={getattr(BaselinesConfig, name)}"))
+    out += _baseline_problems(cfg)
     cron = cfg.revaluation.cron
     if cron is not None and len(str(cron).split()) != 5:  # Dagster checks the fields' values
         out.append(problem("revaluation.cron", cron, "a valid cron string (five fields, e.g. '0 3 * * 1') or null",

@@ -21,6 +21,8 @@ SNAPSHOT = {
         "shapley_values": ("valuation", None),
         "lds_results": ("evaluation", None),
         "counterfactual_results": ("evaluation", None),
+        "baseline_attributions": ("evaluation", None),
+        "attribution_report": ("evaluation", None),
     },
     "checks": {
         "coalition_images/image_sets_are_valid", "coalition_plan/plan_covers_contributors",

@@ -78,6 +78,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--fractions", default="0.1,0.2,0.3,0.4", help="counterfactual removal fractions")
     ap.add_argument("--n-random", type=int, default=3, help="random removals per fraction")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    ap.add_argument("--no-baselines", action="store_true", help="leave the baseline attributions out")
+    ap.add_argument("--baseline-fractions", default="0.4",
+                    help="removal fractions of the baselines' counterfactuals (the Shapley methods get --fractions)")
     ap.add_argument("--sweep", action="store_true", help="also sweep the sFT settings (fidelity-sweep.md)")
     ap.add_argument("--ks", default="25,50,200", help="sweep: coalition fine-tune steps besides the preset's")
     ap.add_argument("--lrs", default="0.0003,0.003", help="sweep: coalition learning rates besides the preset's")
@@ -213,11 +216,37 @@ def main() -> int:
         agreement.append((p, len(disjoint), spearman(other, top) if other is not None and top is not None else float("nan"),
                           half, spearman(a1, a2) if a1 is not None and a2 is not None else float("nan")))
 
-    # 6. counterfactuals by each method's values at the largest budget
+    # 5b. the baseline attributions (stages/baselines.py), LOO's coalitions measured by the pool first
+    cf_seeds = cfg.evaluation_seeds("counterfactual")
+    base_values, base_costs, base_rows = {}, {}, []
+    if not args.no_baselines:
+        from attribution_pipeline.config import BASELINE_METHODS
+        from attribution_pipeline.stages.baselines import compute_baselines
+        from attribution_pipeline.storage.results import ResultStore
+
+        without = [[c for c in ids if c != i] for i in ids]
+        print(f"[5b] baselines: LOO coalitions ({len(ids)}) by sft and by retraining (seed {cf_seeds[0]}), then "
+              f"{len(BASELINE_METHODS)} attributions", flush=True)
+        pool.run([(cfgd, m, "sft", seed_of["sft"]) for m in without]
+                 + [(cfgd, m, "retrain", cf_seeds[0]) for m in [ids, *without]], "LOO coalitions")
+        bcfg = cfg.override({"baselines": {"methods": list(BASELINE_METHODS)}})
+        out = compute_baselines(bcfg, layout, ResultStore(layout.database), log=print)
+        base_values, base_costs = out.values, out.costs
+        top = phi[(budgets[-1], "retrain", props[0])] is not None
+        for a in alphas:
+            for name, by_prop in base_values.items():
+                for p in props:
+                    res = lds_score(by_prop[p], tests[a], measured[a][p], seed=cfg.lds.seed)
+                    ref = phi[(budgets[-1], "retrain", p)] if top else None
+                    diff = (lds_difference(by_prop[p], ref, tests[a], measured[a][p], seed=cfg.lds.seed)
+                            if ref is not None and np.isfinite(res.lds) else None)
+                    base_rows.append({"alpha": a, "method": name, "property": p, "res": res, "diff": diff,
+                                      "cost_s": base_costs.get(name, 0.0)})
+
+    # 6. counterfactuals by each method's values at the largest budget (and each baseline's)
     from attribution_pipeline.evaluation import counterfactual_sets, random_removals
 
     fractions = [float(f) for f in args.fractions.split(",") if f]
-    cf_seeds = cfg.evaluation_seeds("counterfactual")
     scen = []  # property, ranking, fraction, repeat, members
     for p in props:
         for m in METHODS:
@@ -225,7 +254,12 @@ def main() -> int:
                 for f in fractions:
                     scen.append((p, f"{m}-shapley", f, 0, counterfactual_sets(phi[(budgets[-1], m, p)], ids,
                                                                               remove_fraction=f, keep_fraction=0.5)["remove_top"]))
-        for f in fractions:
+        for name, by_prop in base_values.items():
+            if np.ptp(by_prop[p]) > 0:  # a constant attribution (equal size shares) ranks nobody first
+                for f in [float(x) for x in args.baseline_fractions.split(",") if x]:
+                    scen.append((p, name, f, 0, counterfactual_sets(by_prop[p], ids, remove_fraction=f,
+                                                                    keep_fraction=0.5)["remove_top"]))
+        for f in sorted({*fractions, *[float(x) for x in args.baseline_fractions.split(",") if x]}):
             for r, members in enumerate(random_removals(ids, f, args.n_random, cfg.counterfactual.seed + int(1000 * f))):
                 scen.append((p, "random", f, r, members))
     print(f"[6/6] counterfactuals: {len({tuple(s[-1]) for s in scen})} coalitions x{len(cf_seeds)} seeds", flush=True)
@@ -241,7 +275,7 @@ def main() -> int:
         sweep(args, cfg, pool, ids, full, design, budgets[0], med, test_cs, measured, alphas, v0)
     total = time.perf_counter() - t_start
     text = report(args, cfg, costs, med, one_off, budgets, lds_rows, fidelity_rows, agreement, cf_rows,
-                  lds_seeds, cf_seeds, n_test, alphas, total)
+                  lds_seeds, cf_seeds, n_test, alphas, total, base_rows)
     print(text)
     return 0
 
@@ -315,7 +349,7 @@ def _t_interval(v: list[float]) -> tuple[float, float, float]:
 
 
 def report(args, cfg, costs, med, one_off, budgets, lds_rows, fidelity_rows, agreement, cf_rows, lds_seeds, cf_seeds,
-           n_test, alphas, total) -> str:
+           n_test, alphas, total, base_rows=()) -> str:
     from attribution_pipeline import versions
 
     suffix = "-quick" if args.quick else ""
@@ -355,6 +389,29 @@ def report(args, cfg, costs, med, one_off, budgets, lds_rows, fidelity_rows, agr
         diff = "–" if d is None else f"{d.difference:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}]"
         L.append(f"| {r['alpha']:g} | {r['budget']} | {r['method']} | {used} | {r['property']} | {score} | "
                  f"{res.lo:.1f} – {res.hi:.1f} | {res.random_lo:.1f} to {res.random_hi:.1f} | {res.ceiling:.1f} | {diff} |")
+    if base_rows:
+        L += ["", "## LDS of the baseline attributions", "",
+              "The paper's Table 1 rows on the same test set and retrain seeds (`stages/baselines.py`; gradient family: "
+              f"{cfg.baselines.n_timesteps} timesteps, count sketch to {cfg.baselines.dim} dimensions, seed "
+              f"{cfg.baselines.seed}, λ = {cfg.baselines.lam}, mean over a contributor's images; LOO by retraining with "
+              f"seed {cf_seeds[0]}). Difference: paired, to retrain-Shapley at {budgets[-1]} retrains. Seconds: the "
+              "method's own compute (a shared gradient cache counted in full; LOO counts its coalitions' training). "
+              "**Bold**: inside the random range; n/a: the attribution is constant (it ranks no coalition above another).",
+              "", "| α | baseline | seconds | property | LDS | 95% interval | random 95% range | minus retrain-Shapley [95%] |",
+              "|---|---|---|---|---|---|---|---|"]
+        for r in base_rows:
+            res, d = r["res"], r["diff"]
+            if not np.isfinite(res.lds):
+                L.append(f"| {r['alpha']:g} | {r['method']} | {r['cost_s']:.0f} | {r['property']} | n/a | | "
+                         f"{res.random_lo:.1f} to {res.random_hi:.1f} | |")
+                continue
+            score = f"**{res.lds:.1f}**" if res.inside_random else f"{res.lds:.1f}"
+            diff = "–" if d is None else f"{d.difference:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}]"
+            L.append(f"| {r['alpha']:g} | {r['method']} | {r['cost_s']:.0f} | {r['property']} | {score} | "
+                     f"{res.lo:.1f} – {res.hi:.1f} | {res.random_lo:.1f} to {res.random_hi:.1f} | {diff} |")
+        inside = sorted({f"{r['method']} ({r['property']})" for r in base_rows if np.isfinite(r["res"].lds)
+                         and r["res"].inside_random})
+        L += ["", f"Inside the random range ({len(inside)}): {', '.join(inside) or 'none'}."]
     L += ["", "## Shapley values on disjoint pools", "",
           "sFT-Shapley fitted on a second design's coalitions (none in retrain-Shapley's pool) against retrain-Shapley at "
           f"the largest budget; beside it, two disjoint halves of that sFT pool against each other (the comparison's "

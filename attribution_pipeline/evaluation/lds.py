@@ -210,8 +210,14 @@ def lds_score(values: np.ndarray, masks: np.ndarray, measured: np.ndarray, *, n_
     lo, hi = percentile_interval(boot, level)
     rlo, rhi, _ = random_range(masks, measured, n_random, seed + 1, level)
     retest = retest_agreement(measured)
-    return LDSResult(float(np.nanmean(per_seed)), lo, hi, [float(x) for x in per_seed], rlo, rhi, retest,
+    return LDSResult(_mean_of_finite(per_seed), lo, hi, [float(x) for x in per_seed], rlo, rhi, retest,
                      oracle_ceiling(retest), len(masks), len(measured), n_boot, n_random)
+
+
+def _mean_of_finite(x) -> float:
+    """Mean of the finite entries; NaN when there is none (an attribution constant on the test set)."""
+    x = np.asarray(x, dtype=float)
+    return float(x[np.isfinite(x)].mean()) if np.isfinite(x).any() else float("nan")
 
 
 @dataclass
@@ -236,7 +242,7 @@ def lds_difference(values_a: np.ndarray, values_b: np.ndarray, masks: np.ndarray
     pa, pb = masks.astype(float) @ a, masks.astype(float) @ b
     diff = bootstrap_lds(pa, measured, draws) - bootstrap_lds(pb, measured, draws)
     lo, hi = percentile_interval(diff, level)
-    point = float(np.nanmean(per_seed_lds(pa, measured)) - np.nanmean(per_seed_lds(pb, measured)))
+    point = _mean_of_finite(per_seed_lds(pa, measured)) - _mean_of_finite(per_seed_lds(pb, measured))
     return LDSDifference(point, lo, hi, n_boot)
 
 

@@ -114,65 +114,74 @@ class _Clock:
             self.costs[m] = self.costs.get(m, 0.0) + seconds
 
 
-def _gradient_family(cfg: PipelineConfig, layout: RunLayout, wanted: list[str], x, image_ids, generated, gen_ids,
-                     index: ImageIndex, clock: _Clock, log: Log) -> tuple[dict, dict]:
-    b = cfg.baselines
-    full_hash = content_hash(layout.full_model_dir)
-    model = get_backend(cfg).load(layout.full_model_dir)
-    sched = noise_scheduler(cfg.model)
-    settings = {"n_timesteps": b.n_timesteps, "dim": b.dim, "seed": b.seed}
-    data_hash = read_contributors(layout)["content_hash"]
-    gen_hash = content_hash(layout.full_model_images_dir)
-    kw = dict(n_timesteps=b.n_timesteps, dim=b.dim, seed=b.seed, batch_size=b.batch_size)
+class _Gradients:
+    """What every gradient feature set of one θ* shares: the model, its schedule, the cache settings."""
 
-    def feats(name, output, images, ids_, inputs_hash):
-        sig = signature("gradients", name, settings, full_hash, inputs_hash)
-        t = time.perf_counter()
-        f = _cached_features(layout, name, sig, lambda: gradients.gradient_features(
-            model, sched, images, ids_, output=output, progress=_progress(log, f"{name} gradients"), **kw), log)
+    def __init__(self, cfg: PipelineConfig, layout: RunLayout, log: Log):
+        self.cfg, self.layout, self.log, self.b = cfg, layout, log, cfg.baselines
+        self.theta = content_hash(layout.full_model_dir)
+        self.model = get_backend(cfg).load(layout.full_model_dir)
+        self.sched = noise_scheduler(cfg.model)
+        self.settings = {"n_timesteps": self.b.n_timesteps, "dim": self.b.dim, "seed": self.b.seed}
+
+    def features(self, name: str, output: str, images, ids: list[str], inputs_hash: str):
+        """(features, seconds): cached gradients of ``output`` for ``images``."""
+        b, t = self.b, time.perf_counter()
+        sig = signature("gradients", name, self.settings, self.theta, inputs_hash)
+        f = _cached_features(self.layout, name, sig, lambda: gradients.gradient_features(
+            self.model, self.sched, images, ids, output=output, n_timesteps=b.n_timesteps, dim=b.dim, seed=b.seed,
+            batch_size=b.batch_size, progress=_progress(self.log, f"{name} gradients")), self.log)
         return f, time.perf_counter() - t
 
+    def journey(self, gen_ids: list[str]):
+        from attribution_pipeline.models.sampling import initial_noise
+
+        b, s, t = self.b, self.cfg.sampling, time.perf_counter()
+        sig = signature("gradients", "journey", self.settings, b.journey_points, self.theta, s)
+        noise = initial_noise(self.cfg.model, s.n_images, s.seed)
+        f = _cached_features(self.layout, "generated_journey", sig, lambda: gradients.journey_features(
+            self.model, self.cfg.model, self.sched, noise, gen_ids, ddim_steps=s.ddim_steps, n_points=b.journey_points,
+            dim=b.dim, seed=b.seed, batch_size=b.batch_size, progress=_progress(self.log, "journey gradients")), self.log)
+        return f, time.perf_counter() - t
+
+
+TRAK_SCORES = ("trak", "relative_if", "renormalized_if")
+
+
+def _gradient_family(cfg: PipelineConfig, layout: RunLayout, wanted: list[str], x, image_ids, generated, gen_ids,
+                     index: ImageIndex, clock: _Clock, log: Log) -> tuple[dict, dict]:
+    """The gradient family's per-contributor values and their provenance; costs charged to ``clock``."""
+    b, g = cfg.baselines, _Gradients(cfg, layout, log)
+    data_hash = read_contributors(layout)["content_hash"]
+    gen_hash = content_hash(layout.full_model_images_dir)
     out, prov = {}, {"timesteps": b.n_timesteps, "projection": "count-sketch", "dim": b.dim, "projection_seed": b.seed,
-                     "lambda": b.lam, "aggregation": b.group, "theta": full_hash}
-    loss_users = [m for m in wanted if m in ("grad_sim_mean", "grad_sim_max", "trak", "relative_if", "renormalized_if",
-                                             "journey_trak")]
+                     "lambda": b.lam, "aggregation": b.group, "theta": g.theta}
+    group = lambda scores: aggregate.by_contributor(index, index.ids, scores, b.group)  # noqa: E731
+    loss_users = [m for m in wanted if m in (*TRAK_SCORES, "grad_sim_mean", "grad_sim_max", "journey_trak")]
     if loss_users:
-        (train, t1), (gen, t2) = feats("train_loss", "loss", x, image_ids, data_hash), \
-            feats("generated_loss", "loss", generated, gen_ids, gen_hash)
+        (train, t1), (gen, t2) = (g.features("train_loss", "loss", x, image_ids, data_hash),
+                                  g.features("generated_loss", "loss", generated, gen_ids, gen_hash))
         clock.charge(loss_users, t1)
-        phi = influence.align(train, index.ids)
-        t = time.perf_counter()
-        if {"trak", "relative_if", "renormalized_if"} & set(wanted):
+        phi, t = influence.align(train, index.ids), time.perf_counter()
+        if set(TRAK_SCORES) & set(wanted):
             scores = influence.trak_scores(phi, gen.features, b.lam)
-            for m in ("trak", "relative_if", "renormalized_if"):
-                out[m] = aggregate.by_contributor(index, index.ids, scores[m], b.group)
-            clock.charge([m for m in ("trak", "relative_if", "renormalized_if") if m in wanted],
-                         t2 + time.perf_counter() - t)
+            out.update({m: group(scores[m]) for m in TRAK_SCORES})
+            clock.charge([m for m in TRAK_SCORES if m in wanted], t2 + time.perf_counter() - t)
         t = time.perf_counter()
         if {"grad_sim_mean", "grad_sim_max"} & set(wanted):
             mm = aggregate.mean_and_max(index, index.ids, similarity.cosine_matrix(gen.features, phi))
             out["grad_sim_mean"], out["grad_sim_max"] = mm["mean"], mm["max"]
             clock.charge([m for m in ("grad_sim_mean", "grad_sim_max") if m in wanted], t2 + time.perf_counter() - t)
         if "journey_trak" in wanted:
-            from attribution_pipeline.models.sampling import initial_noise
-
-            s = cfg.sampling
-            sig = signature("gradients", "journey", settings, b.journey_points, full_hash, s)
-            t = time.perf_counter()
-            noise = initial_noise(cfg.model, s.n_images, s.seed)
-            j = _cached_features(layout, "generated_journey", sig, lambda: gradients.journey_features(
-                model, cfg.model, sched, noise, gen_ids, ddim_steps=s.ddim_steps, n_points=b.journey_points,
-                progress=_progress(log, "journey gradients"), dim=b.dim, seed=b.seed, batch_size=b.batch_size), log)
-            out["journey_trak"] = aggregate.by_contributor(
-                index, index.ids, influence.trak_scores(phi, j.features, b.lam)["trak"], b.group)
-            clock.charge(["journey_trak"], time.perf_counter() - t)
+            j, t3 = g.journey(gen_ids)
+            out["journey_trak"] = group(influence.trak_scores(phi, j.features, b.lam)["trak"])
+            clock.charge(["journey_trak"], t3)
             prov["journey_points"] = b.journey_points
     if "dtrak" in wanted:
-        (train, t1), (gen, t2) = feats("train_output_norm", "output_norm", x, image_ids, data_hash), \
-            feats("generated_output_norm", "output_norm", generated, gen_ids, gen_hash)
+        (train, t1), (gen, t2) = (g.features("train_output_norm", "output_norm", x, image_ids, data_hash),
+                                  g.features("generated_output_norm", "output_norm", generated, gen_ids, gen_hash))
         t = time.perf_counter()
-        scores = influence.trak_scores(influence.align(train, index.ids), gen.features, b.lam)["trak"]
-        out["dtrak"] = aggregate.by_contributor(index, index.ids, scores, b.group)
+        out["dtrak"] = group(influence.trak_scores(influence.align(train, index.ids), gen.features, b.lam)["trak"])
         clock.charge(["dtrak"], t1 + t2 + time.perf_counter() - t)
     return out, prov
 
@@ -193,80 +202,99 @@ def _loo(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, ids: list[s
     return {p: heuristics.leave_one_out(vn[p], [m[p] for m in minus]) for p in props}
 
 
+@dataclass
+class _Inputs:
+    """What the model-free baselines read: contributors, their images with ids, θ*'s samples, instruments."""
+
+    ids: list[str]
+    props: list[str]
+    counts: dict[str, int]
+    index: ImageIndex
+    x: torch.Tensor
+    image_ids: list[str]
+    generated: torch.Tensor
+    gen_ids: list[str]
+    ctx: object
+    instrument: str | None
+
+
+def _inputs(cfg: PipelineConfig, layout: RunLayout) -> _Inputs:
+    counts = {c["contributor"]: int(c["n_images"]) for c in read_contributors(layout)["contributors"]}
+    x, image_ids = _train_rows(layout, contributor_ids(layout))
+    generated = load_image_set(layout.full_model_images_dir).float()
+    return _Inputs(contributor_ids(layout), list(cfg.valuation.properties), counts, ImageIndex.from_counts(counts), x,
+                   image_ids, generated, [f"generated/{k}" for k in range(len(generated))],
+                   property_context(cfg, layout), instrument_description(layout))
+
+
+def _model_free(cfg: PipelineConfig, layout: RunLayout, wanted: list[str], d: _Inputs, put, skipped: dict) -> None:
+    """Size share, pixel and feature similarity, own confidence, own property: ``put(method, values, s, prov)``."""
+    t, props = time.perf_counter(), d.props
+    if "size_share" in wanted:
+        put("size_share", {p: heuristics.size_share(list(d.counts.values())) for p in props}, time.perf_counter() - t, {})
+    for kind, feats_of in (("pixel", similarity.pixel_features),
+                           ("feature", lambda im: similarity.embedding_features(d.ctx.classifier, im))):
+        names = [f"{kind}_sim_mean", f"{kind}_sim_max"]
+        if set(names) & set(wanted):
+            t = time.perf_counter()
+            mm = aggregate.mean_and_max(d.index, d.image_ids, similarity.cosine_matrix(feats_of(d.generated), feats_of(d.x)))
+            for h, name in zip(("mean", "max"), names):
+                if name in wanted:
+                    put(name, {p: mm[h] for p in props}, time.perf_counter() - t,
+                        {"features": "pixels" if kind == "pixel" else "instrument", "instrument": d.instrument,
+                         "aggregation": h, "generated": content_hash(layout.full_model_images_dir)})
+    if {"own_confidence_mean", "own_confidence_max"} & set(wanted):
+        t = time.perf_counter()
+        conf = heuristics.own_confidence(d.ctx.classifier, d.x)
+        for h in ("mean", "max"):
+            if f"own_confidence_{h}" in wanted:
+                put(f"own_confidence_{h}", {p: aggregate.by_contributor(d.index, d.image_ids, conf, h) for p in props},
+                    time.perf_counter() - t, {"instrument": d.instrument, "aggregation": h})
+    if "own_property" in wanted:
+        t = time.perf_counter()
+        owners = np.array(d.index.owner_of(d.image_ids))
+        by_c = {c: d.x[torch.from_numpy(np.flatnonzero(owners == c))] for c in d.ids}
+        try:
+            put("own_property", heuristics.own_property(lambda im: score(cfg, layout, im), by_c, props),
+                time.perf_counter() - t, {"instrument": d.instrument})
+        except ValueError as exc:  # e.g. a property undefined on one contributor's images
+            skipped["own_property"] = str(exc).splitlines()[0]
+
+
 def compute_baselines(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, log: Log = quiet,
                       methods: list[str] | None = None) -> BaselineOutcome:
     """Every method of ``methods`` (default ``cfg.baselines.methods``) for every property; rows upserted."""
     wanted = list(methods or cfg.baselines.methods)
-    ids = contributor_ids(layout)
-    props = list(cfg.valuation.properties)
-    counts = {c["contributor"]: int(c["n_images"]) for c in read_contributors(layout)["contributors"]}
-    index = ImageIndex.from_counts(counts)
     if not is_complete(layout.full_model_images_dir):
         measure_full_model(cfg, layout, store, log)
     basis = content_hash(layout.full_model_dir)
-    clock, skipped, values = _Clock(), {}, {}
-    x, image_ids = _train_rows(layout, ids)
-    generated = load_image_set(layout.full_model_images_dir).float()
-    gen_ids = [f"generated/{k}" for k in range(len(generated))]
-    ctx = property_context(cfg, layout)
-    instrument = instrument_description(layout)
-    prov = {"size_share": {}, "own_property": {"instrument": instrument}}
+    d = _inputs(cfg, layout)
+    clock, skipped, values, prov = _Clock(), {}, {}, {}
 
     def put(method, value_by_prop, seconds, provenance):
         values[method] = value_by_prop
         clock.charge([method], seconds)
         prov[method] = provenance
 
-    t = time.perf_counter()
-    if "size_share" in wanted:
-        put("size_share", {p: heuristics.size_share(list(counts.values())) for p in props}, time.perf_counter() - t, {})
-    for kind, feats_of in (("pixel", similarity.pixel_features),
-                           ("feature", lambda im: similarity.embedding_features(ctx.classifier, im))):
-        names = [f"{kind}_sim_mean", f"{kind}_sim_max"]
-        if set(names) & set(wanted):
-            t = time.perf_counter()
-            mm = aggregate.mean_and_max(index, image_ids, similarity.cosine_matrix(feats_of(generated), feats_of(x)))
-            seconds = time.perf_counter() - t
-            for h, name in zip(("mean", "max"), names):
-                if name in wanted:
-                    put(name, {p: mm[h] for p in props}, seconds,
-                        {"features": "pixels" if kind == "pixel" else "instrument", "instrument": instrument,
-                         "aggregation": h, "generated": content_hash(layout.full_model_images_dir)})
-    if {"own_confidence_mean", "own_confidence_max"} & set(wanted):
-        t = time.perf_counter()
-        conf = heuristics.own_confidence(ctx.classifier, x)
-        seconds = time.perf_counter() - t
-        for h in ("mean", "max"):
-            if f"own_confidence_{h}" in wanted:
-                put(f"own_confidence_{h}", {p: aggregate.by_contributor(index, image_ids, conf, h) for p in props},
-                    seconds, {"instrument": instrument, "aggregation": h})
-    if "own_property" in wanted:
-        t = time.perf_counter()
-        owners = np.array(index.owner_of(image_ids))
-        by_c = {c: x[torch.from_numpy(np.flatnonzero(owners == c))] for c in ids}
-        try:
-            put("own_property", heuristics.own_property(lambda im: score(cfg, layout, im), by_c, props),
-                time.perf_counter() - t, {"instrument": instrument})
-        except ValueError as exc:  # e.g. a property undefined on one contributor's images
-            skipped["own_property"] = str(exc).splitlines()[0]
+    _model_free(cfg, layout, wanted, d, put, skipped)
     grads = [m for m in wanted if m in GRADIENT]
-    if grads:
-        if get_backend(cfg).family != "ddpm":
-            skipped.update({m: f"the gradient family needs pixel-space images (model.family 'ddpm'), "
-                               f"not {get_backend(cfg).family!r}" for m in grads})
-        else:
-            g_values, g_prov = _gradient_family(cfg, layout, grads, x, image_ids, generated, gen_ids, index, clock, log)
-            for m, v in g_values.items():
-                if m in wanted:
-                    values[m] = {p: v for p in props}
-                    prov[m] = g_prov
+    family = get_backend(cfg).family
+    if grads and family != "ddpm":
+        skipped.update({m: f"the gradient family needs pixel-space images (model.family 'ddpm'), not {family!r}"
+                        for m in grads})
+    elif grads:
+        g_values, g_prov = _gradient_family(cfg, layout, grads, d.x, d.image_ids, d.generated, d.gen_ids, d.index,
+                                            clock, log)
+        for m in grads:
+            values[m], prov[m] = {p: g_values[m] for p in d.props}, g_prov
     for name, method, seeds in (("loo_sft", cfg.valuation.method, cfg.utility_seeds()),
-                                ("loo_retrain", "retrain", cfg.evaluation_seeds("counterfactual")[:cfg.baselines.loo_retrain_seeds])):
+                                ("loo_retrain", "retrain",
+                                 cfg.evaluation_seeds("counterfactual")[:cfg.baselines.loo_retrain_seeds])):
         if name in wanted:
             t = time.perf_counter()
-            put(name, _loo(cfg, layout, store, ids, props, method, seeds, log), time.perf_counter() - t,
+            put(name, _loo(cfg, layout, store, d.ids, d.props, method, seeds, log), time.perf_counter() - t,
                 {"utility_method": method, "seeds": seeds})
-    rows = _rows(values, clock.costs, prov, ids, props, basis)
+    rows = _rows(values, clock.costs, prov, d.ids, d.props, basis)
     store.upsert("attributions", rows)
     for m, why in skipped.items():
         log(f"baselines: {m} skipped: {why}")
