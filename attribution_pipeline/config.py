@@ -272,6 +272,9 @@ class BaselinesConfig:
     journey_points: int = 10  # trajectory points per generated image (Journey-TRAK)
     group: str = "mean"  # the gradient family's aggregate over a contributor's images: "mean" or "sum"
     loo_retrain_seeds: int = 1  # retrain seeds of loo_retrain: counterfactual.retrain_seed, ... (shared)
+    # feature similarity's encoder: a local transformers vision model folder (the paper's CLIP ViT-B/32 saved
+    # with save_pretrained); None = the instrument classifier's features
+    encoder: str | None = None
 
 
 REVALUATION_POLICIES = ("rebase", "incremental")

@@ -162,9 +162,15 @@ def property_problems(cfg: PipelineConfig) -> list[str]:
     return out
 
 
+def baseline_problems(cfg: PipelineConfig) -> list[str]:
+    """The baselines' encoder folder, when one is configured."""
+    enc = cfg.baselines.encoder
+    return _transformers_model(Path(enc), "baselines.encoder", "the baselines' encoder") if enc else []
+
+
 def check_local_inputs(cfg: PipelineConfig) -> None:
     """Raise ``MissingInputError`` naming every configured local path that is missing."""
-    problems = data_problems(cfg) + model_problems(cfg) + property_problems(cfg)
+    problems = data_problems(cfg) + model_problems(cfg) + property_problems(cfg) + baseline_problems(cfg)
     if problems:
         raise MissingInputError(problems)
 
@@ -174,6 +180,7 @@ PATH_FIELDS = {
     "classifier": ("inception_weights",),
     "data": ("labels_file",),
     "properties": ("vision_encoder", "diversity_reference_dir", "clip_model", "aesthetic_head"),
+    "baselines": ("encoder",),
 }
 
 

@@ -135,3 +135,26 @@ def test_the_asset_page_metadata_carries_the_markdown_and_images(reported):
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_feature_similarity_reads_a_local_encoder_folder_when_one_is_configured(reported, model_zoo, tmp_path):
+    """`baselines.encoder` (the paper's CLIP similarity on the presets): a transformers folder, loaded
+    locally; its path and hash land in the provenance, and a missing folder is named before any work."""
+    import json
+
+    from attribution_pipeline.inputs import MissingInputError, check_local_inputs
+    from attribution_pipeline.stages.baselines import compute_baselines
+    from attribution_pipeline.storage.results import ResultStore
+
+    cfg, _, _ = reported
+    layout = RunLayout.at(cfg.workdir)
+    store = ResultStore(layout.database)
+    default = compute_baselines(cfg, layout, store, methods=["feature_sim_max"])
+    clip = cfg.override({"baselines": {"encoder": str(model_zoo["clip"])}})
+    out = compute_baselines(clip, layout, store, methods=["feature_sim_max", "feature_sim_mean"])
+    assert set(out.values) == {"feature_sim_max", "feature_sim_mean"}
+    prov = json.loads(next(r["provenance"] for r in out.rows if r["method"] == "feature_sim_max"))
+    assert prov["features"].startswith(f"encoder {model_zoo['clip']}") and prov["aggregation"] == "max"
+    assert not (out.values["feature_sim_max"]["quality"] == default.values["feature_sim_max"]["quality"]).all()
+    with pytest.raises(MissingInputError, match="baselines.encoder"):
+        check_local_inputs(cfg.override({"baselines": {"encoder": str(tmp_path / "no-clip")}}))

@@ -20,6 +20,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -227,13 +228,25 @@ def _inputs(cfg: PipelineConfig, layout: RunLayout) -> _Inputs:
                    property_context(cfg, layout), instrument_description(layout))
 
 
+def _encoder(cfg: PipelineConfig, d: _Inputs):
+    """Feature similarity's embedding and how to name it: a local vision model folder (its path and the
+    hash of its files) when ``baselines.encoder`` is set, else the instrument classifier's features."""
+    if cfg.baselines.encoder:
+        from attribution_pipeline.properties.vision import load_vision_encoder
+        from attribution_pipeline.storage.artifacts import hash_folder
+
+        path = str(cfg.baselines.encoder)
+        return (lambda im: load_vision_encoder(path)(im)), f"encoder {path} ({hash_folder(Path(path))[0][:16]})"
+    return (lambda im: similarity.embedding_features(d.ctx.classifier, im)), "instrument classifier features"
+
+
 def _model_free(cfg: PipelineConfig, layout: RunLayout, wanted: list[str], d: _Inputs, put, skipped: dict) -> None:
     """Size share, pixel and feature similarity, own confidence, own property: ``put(method, values, s, prov)``."""
     t, props = time.perf_counter(), d.props
     if "size_share" in wanted:
         put("size_share", {p: heuristics.size_share(list(d.counts.values())) for p in props}, time.perf_counter() - t, {})
-    for kind, feats_of in (("pixel", similarity.pixel_features),
-                           ("feature", lambda im: similarity.embedding_features(d.ctx.classifier, im))):
+    encoder, described = _encoder(cfg, d)
+    for kind, feats_of in (("pixel", similarity.pixel_features), ("feature", encoder)):
         names = [f"{kind}_sim_mean", f"{kind}_sim_max"]
         if set(names) & set(wanted):
             t = time.perf_counter()
@@ -241,7 +254,7 @@ def _model_free(cfg: PipelineConfig, layout: RunLayout, wanted: list[str], d: _I
             for h, name in zip(("mean", "max"), names):
                 if name in wanted:
                     put(name, {p: mm[h] for p in props}, time.perf_counter() - t,
-                        {"features": "pixels" if kind == "pixel" else "instrument", "instrument": d.instrument,
+                        {"features": "pixels" if kind == "pixel" else described, "instrument": d.instrument,
                          "aggregation": h, "generated": content_hash(layout.full_model_images_dir)})
     if {"own_confidence_mean", "own_confidence_max"} & set(wanted):
         t = time.perf_counter()
