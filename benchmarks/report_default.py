@@ -63,6 +63,10 @@ def asset_page(layout: RunLayout, out: Path) -> None:
             except OSError:
                 time.sleep(1)
         time.sleep(5)  # the code location loads after the server answers
+        # the UI's one-time "join the community" dialog would cover the page: mark it seen, as its Skip does
+        body = json.dumps({"query": "mutation { setNuxSeen }"}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/graphql", body,
+                                                      {"Content-Type": "application/json"}), timeout=30)
         screenshot(f"http://127.0.0.1:{port}/assets/attribution_report", out, "1400,1800", 30000)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -73,6 +77,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default=str(ROOT / "data" / "runs" / "default"))
     ap.add_argument("--skip-report", action="store_true", help="use the report and baselines already there")
+    ap.add_argument("--about", default="", help="what the work directory is, for the results file")
     args = ap.parse_args()
     layout = RunLayout.at(args.workdir)
     from attribution_pipeline.cli import main as cli
@@ -90,9 +95,10 @@ def main() -> int:
                for p in (layout.workdir / "baselines" / "gradients").iterdir() if (p / "manifest.json").is_file())
     n = store.query("SELECT count(*) AS n FROM contributors WHERE removed_at IS NULL")["n"][0]
     L = [f"# Baseline attributions on `{layout.workdir.name}`: cost", "",
-         f"`python benchmarks/report_default.py --workdir {args.workdir}`; {n} contributors; `attribution-pipeline "
-         f"report` (baselines + page) took {wall:.0f} s wall" + (" (not re-run: --skip-report)" if args.skip_report else "")
-         + f" on {os.cpu_count()} cores. Gradient family: {grad:.0f} s for its feature caches (train and generated images, "
+         f"`python benchmarks/report_default.py --workdir {args.workdir}`{'; ' + args.about if args.about else ''}; "
+         f"{n} contributors; {os.cpu_count()} cores. "
+         + ("" if args.skip_report else f"`attribution-pipeline report` (baselines + page) took {wall:.0f} s wall. ")
+         + f"Gradient family: {grad:.0f} s for its feature caches (train and generated images, "
          "loss and D-TRAK outputs, journey), computed once and shared.", "",
          "| method | family | seconds (shared caches counted in full) |", "|---|---|---|"]
     L += [f"| {r['method']} | {r['family']} | {r['s']:.1f} |" for r in rows]
