@@ -5,13 +5,9 @@ markdown and the images."""
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +16,6 @@ from attribution_pipeline.cli import main
 from attribution_pipeline.layout import RunLayout
 from attribution_pipeline.stages.report import PAGE, report_dir
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
@@ -98,43 +93,20 @@ def test_every_figure_loads_in_headless_chromium(reported, tmp_path):
 
 
 def test_the_asset_page_metadata_carries_the_markdown_and_images(reported):
-    from attribution_pipeline_tests.test_webserver import LOCATION, WORKSPACE_Q, _free_port, _graphql
+    from attribution_pipeline_tests.test_webserver import _graphql, serving
 
     cfg, _, page = reported
-    layout = RunLayout.at(cfg.workdir)
-    port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(layout.dagster_home), "ATTRIBUTION_PIPELINE_WORKDIR": str(layout.workdir)}
-    exe = Path(sys.executable).parent / "dagster-webserver"
-    proc = subprocess.Popen([str(exe), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     query = """query($key: AssetKeyInput!) { assetOrError(assetKey: $key) { __typename ... on Asset {
       assetMaterializations(limit: 1) { metadataEntries { label __typename
         ... on MarkdownMetadataEntry { mdStr } ... on PathMetadataEntry { path } } } } } }"""
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                entries = _graphql(port, WORKSPACE_Q)["data"]["workspaceOrError"]["locationEntries"]
-                if entries[0]["loadStatus"] == "LOADED":
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
-        assert entries[0]["name"] == LOCATION
+    with serving(RunLayout.at(cfg.workdir)) as port:
         asset = _graphql(port, query, {"key": {"path": ["attribution_report"]}})["data"]["assetOrError"]
-        assert asset["__typename"] == "Asset"
-        meta = {e["label"]: e for e in asset["assetMaterializations"][0]["metadataEntries"]}
-        assert meta["page"]["path"] == str(page)
-        md = meta["summary"]["mdStr"]
-        assert md.count("](data:image/png;base64,") == len(_images(page.read_text()))
-        assert "**quality**: top" in md
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    assert asset["__typename"] == "Asset"
+    meta = {e["label"]: e for e in asset["assetMaterializations"][0]["metadataEntries"]}
+    assert meta["page"]["path"] == str(page)
+    md = meta["summary"]["mdStr"]
+    assert md.count("](data:image/png;base64,") == len(_images(page.read_text()))
+    assert "**quality**: top" in md
 
 
 def test_feature_similarity_reads_a_local_encoder_folder_when_one_is_configured(reported, model_zoo, tmp_path):

@@ -1,6 +1,7 @@
 """The Dagster webserver loads the code location headless, and a coalition partition launched
 through its GraphQL API (what the UI's Materialize button calls) succeeds."""
 
+import contextlib
 import json
 import os
 import signal
@@ -44,6 +45,41 @@ LAUNCH_M = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { 
 RUN_Q = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"""
 
 
+@contextlib.contextmanager
+def serving(layout: RunLayout, daemon: bool = False):
+    """The UI on ``layout``'s instance, as a user starts it (``dagster dev``: webserver and the daemon
+    that dequeues launched runs; ``dagster-webserver`` alone when ``daemon`` is False); yields the port
+    once the code location has loaded (its workspace entries checked), and stops every process after."""
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(layout.dagster_home), "ATTRIBUTION_PIPELINE_WORKDIR": str(layout.workdir)}
+    bindir = Path(sys.executable).parent
+    command = [str(bindir / "dagster"), "dev"] if daemon else [str(bindir / "dagster-webserver")]
+    proc = subprocess.Popen([*command, "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        status, entries, deadline = None, [], time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                entries = _graphql(port, WORKSPACE_Q)["data"]["workspaceOrError"]["locationEntries"]
+                status = entries[0]["loadStatus"]
+                if status == "LOADED":
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert status == "LOADED", f"code location not loaded: {status}"
+        assert entries[0]["name"] == LOCATION
+        assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def valued_workdir(tiny_config):
     cfg = tiny_config.override({"valuation": {"budget": 4}})
@@ -57,28 +93,7 @@ def test_webserver_loads_location_and_materializes_a_coalition_partition(valued_
     key = read_plan(layout).coalitions[1].key
     store = ResultStore(layout.database)
     store.delete_where("utilities", "coalition_key = ?", [key])  # as if this partition were never computed
-    port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(layout.dagster_home), "ATTRIBUTION_PIPELINE_WORKDIR": str(layout.workdir)}
-    # `dagster dev` = the webserver plus the daemon that dequeues launched runs, as a user starts it
-    exe = Path(sys.executable).parent / "dagster"
-    proc = subprocess.Popen([str(exe), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        status, deadline = None, time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                entries = _graphql(port, WORKSPACE_Q)["data"]["workspaceOrError"]["locationEntries"]
-                status = entries[0]["loadStatus"]
-                if status == "LOADED":
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
-        assert status == "LOADED", f"code location not loaded: {status}"
-        assert entries[0]["name"] == LOCATION
-        assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
-
+    with serving(layout, daemon=True) as port:
         nodes = {"/".join(n["assetKey"]["path"]): n for n in _graphql(port, ASSETS_Q)["data"]["assetNodes"]}
         assert {"contributors", "full_model", "pruned_base_model", "coalition_plan", "coalition_checkpoint",
                 "coalition_images", "coalition_utilities", "empty_coalition_utilities", "shapley_values",
@@ -104,9 +119,3 @@ def test_webserver_loads_location_and_materializes_a_coalition_partition(valued_
         ingest(layout.workdir, store)  # the run's worker recorded its rows; the head indexes them
         rows = store.query("SELECT property FROM utilities WHERE coalition_key = ? AND method = 'ft'", [key])
         assert set(rows["property"]) == {"quality", "diversity"}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
