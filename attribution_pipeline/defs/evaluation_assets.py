@@ -12,7 +12,7 @@ from attribution_pipeline.defs.coalition_assets import full_model_utilities
 from attribution_pipeline.defs.model_assets import pruned_base_model
 from attribution_pipeline.defs.valuation_assets import shapley_values
 from attribution_pipeline.stages import evaluation
-from attribution_pipeline.stages.baselines import compute_baselines
+from attribution_pipeline.stages.baselines import compute_baselines, family_of
 
 
 def _f(x, fmt: str = "{:.1f}") -> str:
@@ -41,17 +41,11 @@ def baseline_attributions(context: dg.AssetExecutionContext, pipeline: PipelineR
         for p in props:
             order = sorted(range(len(ids)), key=lambda k: -by_prop[p][k])[:3]
             tops.append(", ".join(ids[k] for k in order))
-        lines.append(f"| {m} | {evaluation_family(m)} | {out.costs.get(m, 0.0):.1f} | " + " | ".join(tops) + " |")
+        lines.append(f"| {m} | {family_of(m)} | {out.costs.get(m, 0.0):.1f} | " + " | ".join(tops) + " |")
     return dg.MaterializeResult(metadata={
         "methods": len(out.values), "basis": out.basis, "skipped": "; ".join(f"{k}: {v}" for k, v in out.skipped.items())
         or "none", "cost_s": dg.MetadataValue.json({k: round(v, 2) for k, v in out.costs.items()}),
         "table": dg.MetadataValue.md("\n".join(lines))})
-
-
-def evaluation_family(method: str) -> str:
-    from attribution_pipeline.stages.baselines import family_of
-
-    return family_of(method)
 
 
 @dg.asset(group_name=GROUP, deps=[shapley_values, baseline_attributions], code_version="3", kinds={"duckdb"})

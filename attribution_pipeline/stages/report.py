@@ -20,7 +20,6 @@ the Dagster asset page.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -285,6 +284,3 @@ def _markdown(shap: list[dict], props: list[str], files: dict[str, bytes], missi
         lines += ["", f"**{name}**", "", f"![{name}](data:image/png;base64,{base64.b64encode(files[name]).decode()})"]
     return "\n".join(lines)
 
-
-def report_summary(outcome: ReportOutcome) -> str:
-    return json.dumps({"page": str(outcome.page), "figures": sorted(outcome.figures), "missing": outcome.missing})
