@@ -72,15 +72,18 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
     ap.add_argument("--n-test", type=int, default=None, help="held-out test coalitions per alpha (default 50; quick 8)")
     ap.add_argument("--alphas", default="0.5", help="fractions of contributors the test coalitions keep")
-    ap.add_argument("--budgets", default=None, help="equal-compute budgets in retrains (default 30,60; quick 6,12)")
+    ap.add_argument("--budgets", default=None, help="equal-compute budgets in retrains (default 30,40; quick 6,12); retrain-Shapley needs >= 30")
     ap.add_argument("--max-pool", type=int, default=1500, help="cap on the coalitions of one method and budget")
     ap.add_argument("--calibrate", type=int, default=6, help="design coalitions timed by every method first")
     ap.add_argument("--fractions", default="0.1,0.2,0.3,0.4", help="counterfactual removal fractions")
     ap.add_argument("--n-random", type=int, default=3, help="random removals per fraction")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     ap.add_argument("--no-baselines", action="store_true", help="leave the baseline attributions out")
-    ap.add_argument("--baseline-fractions", default="0.4",
-                    help="removal fractions of the baselines' counterfactuals (the Shapley methods get --fractions)")
+    ap.add_argument("--baseline-fractions", default="",
+                    help="removal fractions of the baselines' counterfactuals, e.g. 0.4 (the Shapley methods get "
+                         "--fractions); none by default: each baseline adds about 3 retrains x its fractions")
+    ap.add_argument("--lds-seeds", type=int, default=2,
+                    help="retrain seeds per LDS test coalition (lds.n_seeds; 2 keep the run within 2 h)")
     ap.add_argument("--sweep", action="store_true", help="also sweep the sFT settings (fidelity-sweep.md)")
     ap.add_argument("--ks", default="25,50,200", help="sweep: coalition fine-tune steps besides the preset's")
     ap.add_argument("--lrs", default="0.0003,0.003", help="sweep: coalition learning rates besides the preset's")
@@ -97,6 +100,7 @@ def config(args) -> PipelineConfig:
         cfg = cfg.override(QUICK)
     suffix = "-quick" if args.quick else ""
     workdir = Path(args.workdir or ROOT / "data" / "runs" / f"bench-fidelity{suffix}").resolve()
+    cfg = cfg.override({"lds": {"n_seeds": args.lds_seeds}})
     return cfg.override({**parse_overrides(args.set), "workdir": str(workdir)})
 
 
@@ -127,7 +131,7 @@ def main() -> int:
     full = make_coalition(ids, "full", 0)
     seed_of = {"retrain": cfg.train.seed, "ft": cfg.finetune.seed, "sft": cfg.finetune.seed}
     design = CoalitionDesign(n_players=n, seed=cfg.valuation.seed)
-    budgets = [int(b) for b in (args.budgets or ("6,12" if args.quick else "30,60")).split(",") if b]
+    budgets = [int(b) for b in (args.budgets or ("6,12" if args.quick else "30,40")).split(",") if b]
     n_test = args.n_test or (8 if args.quick else 50)
 
     # 1. calibration: the first design coalitions by every method, interleaved (same machine load)
