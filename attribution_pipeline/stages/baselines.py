@@ -188,19 +188,24 @@ def _gradient_family(cfg: PipelineConfig, layout: RunLayout, wanted: list[str], 
 
 
 def _loo(cfg: PipelineConfig, layout: RunLayout, store: ResultStore, ids: list[str], props: list[str], method: str,
-         seeds: list[int], log: Log) -> dict[str, np.ndarray]:
-    """v(N) − v(N∖{i}) per property, each utility the mean over ``seeds`` of ``method``."""
+         seeds: list[int], log: Log) -> tuple[dict[str, np.ndarray], float]:
+    """v(N) − v(N∖{i}) per property, each utility the mean over ``seeds`` of ``method``; and the seconds
+    its utilities cost as first measured (cached ones included: LOO pays for its coalitions)."""
     full = make_coalition(ids, "full", 0)
     without = [make_coalition([c for c in ids if c != i], "loo", -3) for i in ids]
     store.upsert("coalitions", [{"coalition_key": c.key, "members": list(c.members), "size": c.size, "kind": c.kind,
                                  "plan_index": c.plan_index} for c in [full, *without]])
 
+    cost = 0.0
+
     def utility(c):
+        nonlocal cost
         outs = [measure_utility(cfg, layout, store, c, log, method=method, seed=s) for s in seeds]
+        cost += sum(o.cost_s for o in outs)
         return {p: float(np.mean([o.utilities[p] for o in outs])) for p in props}
 
     vn, minus = utility(full), [utility(c) for c in without]
-    return {p: heuristics.leave_one_out(vn[p], [m[p] for m in minus]) for p in props}
+    return {p: heuristics.leave_one_out(vn[p], [m[p] for m in minus]) for p in props}, cost
 
 
 @dataclass
@@ -304,9 +309,8 @@ def compute_baselines(cfg: PipelineConfig, layout: RunLayout, store: ResultStore
                                 ("loo_retrain", "retrain",
                                  cfg.evaluation_seeds("counterfactual")[:cfg.baselines.loo_retrain_seeds])):
         if name in wanted:
-            t = time.perf_counter()
-            put(name, _loo(cfg, layout, store, d.ids, d.props, method, seeds, log), time.perf_counter() - t,
-                {"utility_method": method, "seeds": seeds})
+            loo, seconds = _loo(cfg, layout, store, d.ids, d.props, method, seeds, log)
+            put(name, loo, seconds, {"utility_method": method, "seeds": seeds})
     rows = _rows(values, clock.costs, prov, d.ids, d.props, basis)
     store.upsert("attributions", rows)
     for m, why in skipped.items():

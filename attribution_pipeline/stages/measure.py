@@ -45,6 +45,13 @@ class UtilityOutcome:
         """Seconds of work this call did (cached steps count 0)."""
         return self.checkpoint.elapsed_s + self.images.elapsed_s + self.extra.get("score_s", 0.0)
 
+    @property
+    def cost_s(self) -> float:
+        """Seconds the utility costs, cached or not: training and generation as first measured, plus this
+        call's scoring (the figure stored as ``utilities.elapsed_s``)."""
+        return (self.checkpoint.metadata.get("cost_s", 0.0) + self.images.metadata.get("cost_s", 0.0)
+                + self.extra.get("score_s", 0.0))
+
 
 def utilities_version(utilities: dict[str, float]) -> str:
     return signature(sorted((k, round(float(v), 12)) for k, v in utilities.items()))
@@ -152,13 +159,13 @@ def measure_utility(cfg: PipelineConfig, layout: RunLayout, store: ResultStore |
     img = _generate_and_save(cfg, model, spec.images_dir, signature("images", cfg.sampling, ckpt.content_hash))
     t0 = time.perf_counter()
     utilities = score(cfg, layout, load_image_set(spec.images_dir))
-    score_s = time.perf_counter() - t0
-    cost = ckpt.metadata["cost_s"] + img.metadata["cost_s"] + score_s
+    out = UtilityOutcome(coalition, ckpt, img, utilities, 0.0, {"score_s": time.perf_counter() - t0, "method": method,
+                                                                "seed": spec.seed, "images_dir": str(spec.images_dir)})
     _store(store, spec.images_dir.parent, _utility_rows(
-        cfg, coalition.key, utilities, method, spec.seed, cost, spec.base_version, img.metadata["n_images"],
+        cfg, coalition.key, utilities, method, spec.seed, out.cost_s, spec.base_version, img.metadata["n_images"],
         spec.utility_signature, members_base_predates(layout, coalition.members, method)))
-    return UtilityOutcome(coalition, ckpt, img, utilities, time.perf_counter() - start,
-                          {"score_s": score_s, "method": method, "seed": spec.seed, "images_dir": str(spec.images_dir)})
+    out.elapsed_s = time.perf_counter() - start
+    return out
 
 
 def measure_utility_all_seeds(cfg: PipelineConfig, layout: RunLayout, store: ResultStore | None, coalition: Coalition,
