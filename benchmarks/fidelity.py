@@ -121,7 +121,8 @@ def main() -> int:
     from attribution_pipeline.valuation import CoalitionDesign
 
     cfg = config(args)
-    t_start = time.perf_counter()
+    t_start, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    cold = not Path(cfg.workdir).exists()  # a run from nothing: its wall time is the benchmark's cost
     print(f"[setup] {cfg.workdir}", flush=True)
     costs = prepare(cfg)
     layout = RunLayout.at(cfg.workdir)
@@ -277,9 +278,10 @@ def main() -> int:
         cf_rows.append((p, ranking, f, r, len(members), rc))
     if args.sweep:
         sweep(args, cfg, pool, ids, full, design, budgets[0], med, test_cs, measured, alphas, v0)
-    total = time.perf_counter() - t_start
+    walls = record_wall(cfg, {"started": started, "wall_s": round(time.perf_counter() - t_start, 1), "cold": cold,
+                              "sweep": bool(args.sweep), "argv": sys.argv[1:]})
     text = report(args, cfg, costs, med, one_off, budgets, lds_rows, fidelity_rows, agreement, cf_rows,
-                  lds_seeds, cf_seeds, n_test, alphas, total, base_rows)
+                  lds_seeds, cf_seeds, n_test, alphas, walls, base_rows)
     print(text)
     return 0
 
@@ -342,24 +344,42 @@ def coalition_masks(cs, ids) -> np.ndarray:
     return masks
 
 
-def _t_interval(v: list[float]) -> tuple[float, float, float]:
-    from scipy.stats import t as student
+def record_wall(cfg: PipelineConfig, entry: dict) -> list[dict]:
+    """Append this invocation to ``<workdir>/fidelity-invocations.json`` (atomically); every entry so far.
+    A rerun finds its utilities cached, so only a cold invocation's wall time is the benchmark's cost."""
+    path = Path(cfg.workdir) / "fidelity-invocations.json"
+    walls = json.loads(path.read_text()) if path.exists() else []
+    walls.append(entry)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(walls, indent=1))
+    tmp.replace(path)
+    return walls
 
-    v = np.asarray(v, dtype=float)
-    if len(v) < 2:
-        return float(v.mean()), float("nan"), float("nan")
-    half = float(student.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+def _wall_line(walls: list[dict]) -> str:
+    cold = [w for w in walls if w["cold"] and not w["sweep"]]
+    first = (f"the run from nothing (`{' '.join(['fidelity.py', *cold[0]['argv']])}`, {cold[0]['started']}) took "
+             f"**{cold[0]['wall_s'] / 60:.1f} min** wall" if cold else "no run from nothing is recorded in this work directory")
+    return (f"{first}; this invocation {walls[-1]['wall_s'] / 60:.1f} min (cached utilities are not re-timed; "
+            "every invocation: `fidelity-invocations.json` in the work directory)")
+
+
+def _t_interval(v: list[float]) -> tuple[float, float, float]:
+    """Mean and Student-t 95% interval (the evaluation stage's), NaN bounds with one value."""
+    from attribution_pipeline.stages.evaluation import _seed_interval
+
+    lo, hi = _seed_interval(v)
+    return float(np.mean(v)), float("nan") if lo is None else lo, float("nan") if hi is None else hi
 
 
 def report(args, cfg, costs, med, one_off, budgets, lds_rows, fidelity_rows, agreement, cf_rows, lds_seeds, cf_seeds,
-           n_test, alphas, total, base_rows=()) -> str:
+           n_test, alphas, walls, base_rows=()) -> str:
     from attribution_pipeline import versions
 
     suffix = "-quick" if args.quick else ""
     L = [f"# Fidelity of sFT Shapley values to retraining on `digits-fidelity`{' (quick)' if args.quick else ''}", "",
          f"`python benchmarks/fidelity.py{' --quick' if args.quick else ''}`; {args.workers} worker processes (one torch "
-         f"thread each); total wall {total / 60:.1f} min (cached utilities are not re-timed). Model: "
+         f"thread each); {_wall_line(walls)}. Model: "
          f"{costs['params_full']:,} parameters → pruned {costs['params_pruned']:,} at ratio {cfg.prune.ratio}; "
          f"retrain = {cfg.train.steps} steps × batch {cfg.train.batch_size}; sFT/FT: k = {cfg.finetune.steps} steps × batch "
          f"{cfg.finetune.batch_size}, EMA {cfg.finetune.ema}; {cfg.sampling.n_images} images × {cfg.sampling.ddim_steps} "
