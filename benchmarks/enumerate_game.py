@@ -16,7 +16,7 @@ first coalition's utility to the last one's, and the coalitions' summed work).
 The exact values are those of the *measured* utilities: each coalition measured once, with the
 pipeline's seeds. They are the truth an estimator on a subsample of the same table should recover
 (``benchmarks/estimators.py``, section "real game"); they say nothing of how far sFT is from retraining
-(``benchmarks/sft_vs_retrain.py``) or of the utilities' own noise.
+(``benchmarks/fidelity.py``) or of the utilities' own noise.
 """
 
 from __future__ import annotations

@@ -462,6 +462,15 @@ def report(args, cfg, costs, med, one_off, budgets, lds_rows, fidelity_rows, agr
     return text
 
 
+STYLE = {"retrain": ("C0", "s"), "ft": ("C1", "^"), "sft": ("C2", "o"), "random": ("0.45", "o")}  # one per method
+
+
+def _style(ranking: str, others: list[str]) -> tuple[str, str]:
+    """A method's colour and marker, the same in every panel; baselines take the colours after C2."""
+    name = ranking.removesuffix("-shapley")
+    return STYLE[name] if name in STYLE else (f"C{3 + others.index(ranking) % 7}", "D")
+
+
 def plot(path: Path, lds_rows, curves, budgets) -> None:
     import matplotlib
 
@@ -476,24 +485,26 @@ def plot(path: Path, lds_rows, curves, budgets) -> None:
         if rows:
             ax.axhspan(rows[0]["res"].random_lo, rows[0]["res"].random_hi, color="0.85", label="random 95%")
             ax.axhline(rows[0]["res"].ceiling, color="0.4", ls=":", label="oracle ceiling")
-        for m, marker in (("retrain", "s"), ("ft", "^"), ("sft", "o")):
+        for m in METHODS:
             pts = [r for r in rows if r["method"] == m]
             if pts:
                 ax.errorbar([r["budget"] for r in pts], [r["res"].lds for r in pts],
                             yerr=[[r["res"].lds - r["res"].lo for r in pts], [r["res"].hi - r["res"].lds for r in pts]],
-                            marker=marker, capsize=3, label=f"{m}-Shapley")
+                            color=STYLE[m][0], marker=STYLE[m][1], capsize=3, label=f"{m}-Shapley")
         ax.set_xlabel("budget (retrains)")
         ax.set_ylabel("LDS")
         ax.set_title(f"LDS at equal compute: {p}")
         ax.legend(fontsize=7)
         ax = axes[1][j]
-        for ranking in sorted({k[1] for k in curves if k[0] == p}):
+        rankings = sorted({k[1] for k in curves if k[0] == p})
+        for ranking in rankings:
             fs = sorted(f for (pp, rr, f) in curves if pp == p and rr == ranking)
             stats = [_t_interval([np.mean(x) for x in curves[(p, ranking, f)]] if ranking == "random"
                                  else curves[(p, ranking, f)][0]) for f in fs]
             ax.errorbar([100 * f for f in fs], [100 * s[0] for s in stats],
                         yerr=[[100 * (s[0] - s[1]) for s in stats], [100 * (s[2] - s[0]) for s in stats]],
-                        marker="o", capsize=3, ls="--" if ranking == "random" else "-", label=ranking)
+                        color=_style(ranking, rankings)[0], marker=_style(ranking, rankings)[1], capsize=3,
+                        ls="--" if ranking == "random" else "-", label=ranking)
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlabel("top % of contributors removed")
         ax.set_ylabel("relative change of the property (%)")
