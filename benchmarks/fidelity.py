@@ -1,6 +1,7 @@
 """Do sFT Shapley values track retraining? LDS and counterfactuals on `digits-fidelity`, at equal compute.
 
-Run:  python benchmarks/fidelity.py              (the preset's 30 contributors; sized for ≤ 2 h on 2 cores)
+Run:  python benchmarks/fidelity.py              (the preset's 30 contributors; ≤ 2 h on 2 cores, measured
+                                                 in fidelity.md; 2 LDS seeds, budgets 30 and 40 retrains)
       python benchmarks/fidelity.py --quick      (tiny models and counts, a smoke run of a few minutes)
 Writes benchmarks/results/fidelity.md and fidelity.png (``-quick`` suffix with --quick). Resumable:
 every utility is cached by the pipeline under --workdir, so a killed run re-launched with the same
@@ -139,7 +140,8 @@ def main() -> int:
     calib = masks_to_coalitions(design.take(args.calibrate), ids)
     print(f"[1/6] cost calibration: {len(calib)} coalitions by {', '.join(METHODS)}", flush=True)
     pool.run([(cfgd, list(c.members), m, seed_of[m]) for c in [full, *calib] for m in METHODS], "calibration")
-    med = {m: statistics.median(elapsed(cfg, m, [c.key for c in calib], seed_of[m])) for m in METHODS}
+    med = calibration(cfg, lambda: {m: statistics.median(elapsed(cfg, m, [c.key for c in calib], seed_of[m]))
+                                    for m in METHODS})
     one_off = {"retrain": 0.0, "ft": 0.0, "sft": costs["prune_ft_s"] / med["retrain"]}  # in retrains
     affordable = {(m, b): (b if m == "retrain" else int(max(0.0, b - one_off[m]) * med["retrain"] / med[m]))
                   for b in budgets for m in METHODS}
@@ -344,15 +346,30 @@ def coalition_masks(cs, ids) -> np.ndarray:
     return masks
 
 
+def calibration(cfg: PipelineConfig, measure) -> dict[str, float]:
+    """Median seconds per coalition of each method: measured once per work directory, then read back, so a
+    rerun sizes the pools exactly as the first run did (a cached utility's re-scoring shifts its seconds)."""
+    path = Path(cfg.workdir) / "fidelity-calibration.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    med = measure()
+    _write_json(path, med)
+    return med
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
 def record_wall(cfg: PipelineConfig, entry: dict) -> list[dict]:
     """Append this invocation to ``<workdir>/fidelity-invocations.json`` (atomically); every entry so far.
     A rerun finds its utilities cached, so only a cold invocation's wall time is the benchmark's cost."""
     path = Path(cfg.workdir) / "fidelity-invocations.json"
     walls = json.loads(path.read_text()) if path.exists() else []
     walls.append(entry)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(walls, indent=1))
-    tmp.replace(path)
+    _write_json(path, walls)
     return walls
 
 
