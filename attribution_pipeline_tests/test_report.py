@@ -132,17 +132,19 @@ def test_feature_similarity_reads_a_local_encoder_folder_when_one_is_configured(
         check_local_inputs(cfg.override({"baselines": {"encoder": str(tmp_path / "no-clip")}}))
 
 
-def test_loo_costs_its_coalitions_even_when_they_were_measured_before(reported):
-    """LOO's seconds are what its N + 1 utilities cost as first measured, not the time to read them back
-    (the valuation or a benchmark often measured them first)."""
+def test_cached_baselines_report_what_they_cost_when_computed(reported):
+    """LOO's seconds are what its N + 1 utilities cost as first measured, and TRAK's what its gradient
+    caches took to compute, not the time to read them back (the valuation, an earlier `report` or a
+    benchmark often computed them first)."""
     from attribution_pipeline.stages import contributor_ids
-    from attribution_pipeline.stages.baselines import compute_baselines
+    from attribution_pipeline.stages.baselines import compute_baselines, gradients_dir
+    from attribution_pipeline.storage.artifacts import read_manifest
     from attribution_pipeline.storage.results import ResultStore
 
     cfg, _, _ = reported
     layout = RunLayout.at(cfg.workdir)
     store = ResultStore(layout.database)
-    out = compute_baselines(cfg, layout, store, methods=["loo_sft"])  # every coalition cached by `report`
+    out = compute_baselines(cfg, layout, store, methods=["loo_sft", "trak"])  # all cached by `report`
     ids = contributor_ids(layout)
     members = [sorted(ids)] + [sorted(c for c in ids if c != i) for i in ids]
     df = store.query("SELECT u.coalition_key, any_value(u.elapsed_s) AS s, any_value(c.members) AS members "
@@ -150,3 +152,5 @@ def test_loo_costs_its_coalitions_even_when_they_were_measured_before(reported):
     paid = sum(s for s, m in zip(df["s"], df["members"]) if sorted(m) in members)
     assert len(members) == len(ids) + 1 and paid > 1.0  # training and generating a tiny model: seconds, not zero
     assert out.costs["loo_sft"] == pytest.approx(paid, rel=1e-6)
+    computed = sum(read_manifest(gradients_dir(layout, n))["meta"]["seconds"] for n in ("train_loss", "generated_loss"))
+    assert computed > 0 and out.costs["trak"] >= computed
