@@ -86,6 +86,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--lds-seeds", type=int, default=2,
                     help="retrain seeds per LDS test coalition (lds.n_seeds; 2 keep the run within 2 h)")
     ap.add_argument("--sweep", action="store_true", help="also sweep the sFT settings (fidelity-sweep.md)")
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="calibration, test coalitions and the sweep only (fidelity-sweep.md; fidelity.md untouched)")
     ap.add_argument("--ks", default="25,50,200", help="sweep: coalition fine-tune steps besides the preset's")
     ap.add_argument("--lrs", default="0.0003,0.003", help="sweep: coalition learning rates besides the preset's")
     ap.add_argument("--ratios", default="0.5", help="sweep: pruning ratios besides the preset's")
@@ -162,6 +164,15 @@ def main() -> int:
     jobs = [(cfgd, list(c.members), "retrain", s) for cs in test_cs.values() for c in cs for s in lds_seeds]
     jobs += [(cfgd, list(c.members), m, seed_of[m]) for cs in test_cs.values() for c in cs for m in ("sft", "ft")]
     pool.run(jobs, "test coalitions")
+    if args.sweep_only:
+        ru = per_seed_utilities(cfg, "retrain", lds_seeds)
+        measured = {a: {p: np.array([[ru[(c.key, p, s)] for c in cs] for s in lds_seeds]) for p in props}
+                    for a, cs in test_cs.items()}
+        v0 = {p: utilities(cfg, "sft")[(EMPTY_KEY, p)] for p in props}
+        sweep(args, cfg, pool, ids, full, design, budgets[0], med, test_cs, measured, alphas, v0)
+        record_wall(cfg, {"started": started, "wall_s": round(time.perf_counter() - t_start, 1), "cold": cold,
+                          "sweep": True, "sweep_only": True, "argv": sys.argv[1:]})
+        return 0
 
     # 3. pools at equal compute (prefixes of one design), and the second design's sFT pool
     print(f"[3/6] pools at equal compute, budgets {budgets} retrains: "
@@ -292,7 +303,7 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
     """Section 7: one sFT setting changed at a time; within-size fidelity and LDS at ``budget``."""
     from attribution_pipeline import stages
     from attribution_pipeline.coalitions import masks_to_coalitions
-    from attribution_pipeline.evaluation import lds_score, within_size_spearman
+    from attribution_pipeline.evaluation import lds_difference, lds_score, within_size_spearman
 
     settings = [("finetune.steps", int(k), {"finetune": {"steps": int(k)}}) for k in args.ks.split(",") if k]
     settings += [("finetune.lr", float(x), {"finetune": {"lr": float(x)}}) for x in args.lrs.split(",") if x]
@@ -301,7 +312,10 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
     settings.insert(0, ("preset", "", {}))
     props, workdir, rows = list(cfg.valuation.properties), Path(cfg.workdir), []
     a = alphas[0]
+    test_masks = coalition_masks(test_cs[a], ids)
+    reference = {}  # the preset's Shapley values: every other setting's LDS is compared with them, paired
     for name, value, change in settings:
+        t0 = time.perf_counter()
         wd = workdir if not change else workdir.parent / f"{workdir.name}-{name.split('.')[-1]}{value}"
         if change:
             linked_workdir(workdir, wd, keep_pruned=not name.startswith("prune."))
@@ -320,19 +334,29 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
             w = within_size_spearman(np.array([c.size for c in test_cs[a]]), np.array([us[(c.key, p)] for c in test_cs[a]]),
                                      measured[a][p].mean(axis=0), seed=cfg.lds.seed)
             phi = shapley(masks, [c.key for c in cs], us, p, v0[p], us[(full.key, p)])
-            res = lds_score(phi, coalition_masks(test_cs[a], ids), measured[a][p], seed=cfg.lds.seed) if phi is not None else None
-            rows.append((name, value, t, count, p, w, res))
+            res = lds_score(phi, test_masks, measured[a][p], seed=cfg.lds.seed) if phi is not None else None
+            if not change:
+                reference[p] = phi
+            diff = (lds_difference(phi, reference[p], test_masks, measured[a][p], seed=cfg.lds.seed)
+                    if change and phi is not None and reference.get(p) is not None else None)
+            rows.append((name, value, t, count, p, w, res, diff, time.perf_counter() - t0))
     L = [f"# sFT settings swept on `digits-fidelity`{' (quick)' if args.quick else ''}", "",
          f"One setting changed at a time from the preset's (`preset` row). Within-size Spearman of the setting's sFT "
          f"utilities against retraining on the {len(test_cs[a])} test coalitions of α = {a:g}; LDS of its Shapley values "
          f"on as many coalitions as {budget} retrains pay for at its own cost (no one-off cost counted), with the 95% "
-         "bootstrap interval and the random range.", "",
-         "| setting | value | median s / coalition | coalitions | property | within-size Spearman [95%] | LDS [95%] | random 95% |",
-         "|---|---|---|---|---|---|---|---|"]
-    for name, value, t, count, p, w, res in rows:
+         "bootstrap interval and the random range. The last column is the setting's LDS minus the preset's, **paired** "
+         "(both scored on every bootstrap resample of the same test coalitions and seeds); a setting is better than "
+         "the preset only where that interval lies above 0. Wall: the setting's own work in this invocation (its "
+         "cached utilities are not re-timed).", "",
+         "| setting | value | median s / coalition | coalitions | property | within-size Spearman [95%] | LDS [95%] "
+         "| random 95% | LDS − preset [95%], paired | wall (min) |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, value, t, count, p, w, res, diff, wall in rows:
         lds = "–" if res is None else f"{res.lds:.1f} [{res.lo:.1f}, {res.hi:.1f}]"
         rnd = "–" if res is None else f"{res.random_lo:.1f} to {res.random_hi:.1f}"
-        L.append(f"| {name} | {value} | {t:.2f} | {count} | {p} | {w.pooled:.3f} [{w.lo:.3f}, {w.hi:.3f}] | {lds} | {rnd} |")
+        dif = "–" if diff is None else f"{diff.difference:+.1f} [{diff.lo:+.1f}, {diff.hi:+.1f}]"
+        L.append(f"| {name} | {value} | {t:.2f} | {count} | {p} | {w.pooled:.3f} [{w.lo:.3f}, {w.hi:.3f}] | {lds} "
+                 f"| {rnd} | {dif} | {wall / 60:.1f} |")
     (RESULTS / f"fidelity-sweep{'-quick' if args.quick else ''}.md").write_text("\n".join(L) + "\n")
     print("\n".join(L), flush=True)
 
