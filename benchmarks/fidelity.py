@@ -3,6 +3,7 @@
 Run:  python benchmarks/fidelity.py              (the preset's 30 contributors; ≤ 2 h on 2 cores, measured
                                                  in fidelity.md; 2 LDS seeds, budgets 30 and 40 retrains)
       python benchmarks/fidelity.py --quick      (tiny models and counts, a smoke run of a few minutes)
+      python benchmarks/fidelity.py --sweep-only (calibration, the test coalitions' retrains and section 7 only)
 Writes benchmarks/results/fidelity.md and fidelity.png (``-quick`` suffix with --quick). Resumable:
 every utility is cached by the pipeline under --workdir, so a killed run re-launched with the same
 arguments recomputes nothing it has.
@@ -162,7 +163,8 @@ def main() -> int:
     print(f"[2/6] {sum(len(v) for v in test_cs.values())} test coalitions: retrain x{len(lds_seeds)} "
           f"(seeds {lds_seeds}), sft, ft", flush=True)
     jobs = [(cfgd, list(c.members), "retrain", s) for cs in test_cs.values() for c in cs for s in lds_seeds]
-    jobs += [(cfgd, list(c.members), m, seed_of[m]) for cs in test_cs.values() for c in cs for m in ("sft", "ft")]
+    if not args.sweep_only:  # the sweep measures (and times) its own sFT on them; FT it does not use
+        jobs += [(cfgd, list(c.members), m, seed_of[m]) for cs in test_cs.values() for c in cs for m in ("sft", "ft")]
     pool.run(jobs, "test coalitions")
     if args.sweep_only:
         ru = per_seed_utilities(cfg, "retrain", lds_seeds)
@@ -343,7 +345,8 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
     L = [f"# sFT settings swept on `digits-fidelity`{' (quick)' if args.quick else ''}", "",
          f"One setting changed at a time from the preset's (`preset` row). Within-size Spearman of the setting's sFT "
          f"utilities against retraining on the {len(test_cs[a])} test coalitions of α = {a:g}; LDS of its Shapley values "
-         f"on as many coalitions as {budget} retrains pay for at its own cost (no one-off cost counted), with the 95% "
+         f"on as many coalitions as {budget} retrains ({med['retrain']:.2f} s each, the work directory's calibration) pay "
+         "for at its own cost (no one-off cost counted), with the 95% "
          "bootstrap interval and the random range. The last column is the setting's LDS minus the preset's, **paired** "
          "(both scored on every bootstrap resample of the same test coalitions and seeds); a setting is better than "
          "the preset only where that interval lies above 0. Wall: the setting's own work in this invocation (its "
