@@ -316,7 +316,33 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
     a = alphas[0]
     test_masks = coalition_masks(test_cs[a], ids)
     reference = {}  # the preset's Shapley values: every other setting's LDS is compared with them, paired
-    for name, value, change in settings:
+
+    def write(pending: list[str]) -> None:  # after every setting, so a stopped sweep keeps what it measured
+        L = [f"# sFT settings swept on `digits-fidelity`{' (quick)' if args.quick else ''}", "",
+             f"One setting changed at a time from the preset's (`preset` row). Within-size Spearman of the setting's sFT "
+             f"utilities against retraining on the {len(test_cs[a])} test coalitions of α = {a:g}; LDS of its Shapley values "
+             f"on as many coalitions as {budget} retrains ({med['retrain']:.2f} s each, the work directory's calibration) pay "
+             "for at its own cost (no one-off cost counted), with the 95% "
+             "bootstrap interval and the random range. The last column is the setting's LDS minus the preset's, **paired** "
+             "(both scored on every bootstrap resample of the same test coalitions and seeds); a setting is better than "
+             "the preset only where that interval lies above 0. Wall: the setting's own work in this invocation (its "
+             "cached utilities are not re-timed).", "",
+             "| setting | value | median s / coalition | coalitions | property | within-size Spearman [95%] | LDS [95%] "
+             "| random 95% | LDS − preset [95%], paired | wall (min) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, value, t, count, p, w, res, diff, wall in rows:
+            lds = "–" if res is None else f"{res.lds:.1f} [{res.lo:.1f}, {res.hi:.1f}]"
+            rnd = "–" if res is None else f"{res.random_lo:.1f} to {res.random_hi:.1f}"
+            dif = "–" if diff is None else f"{diff.difference:+.1f} [{diff.lo:+.1f}, {diff.hi:+.1f}]"
+            L.append(f"| {name} | {value} | {t:.2f} | {count} | {p} | {w.pooled:.3f} [{w.lo:.3f}, {w.hi:.3f}] | {lds} "
+                     f"| {rnd} | {dif} | {wall / 60:.1f} |")
+        if pending:
+            L += ["", "Still to run: " + ", ".join(pending) + "."]
+        (RESULTS / f"fidelity-sweep{'-quick' if args.quick else ''}.md").write_text("\n".join(L) + "\n")
+        if not pending:
+            print("\n".join(L), flush=True)
+
+    for i, (name, value, change) in enumerate(settings):
         t0 = time.perf_counter()
         wd = workdir if not change else workdir.parent / f"{workdir.name}-{name.split('.')[-1]}{value}"
         if change:
@@ -342,26 +368,7 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
             diff = (lds_difference(phi, reference[p], test_masks, measured[a][p], seed=cfg.lds.seed)
                     if change and phi is not None and reference.get(p) is not None else None)
             rows.append((name, value, t, count, p, w, res, diff, time.perf_counter() - t0))
-    L = [f"# sFT settings swept on `digits-fidelity`{' (quick)' if args.quick else ''}", "",
-         f"One setting changed at a time from the preset's (`preset` row). Within-size Spearman of the setting's sFT "
-         f"utilities against retraining on the {len(test_cs[a])} test coalitions of α = {a:g}; LDS of its Shapley values "
-         f"on as many coalitions as {budget} retrains ({med['retrain']:.2f} s each, the work directory's calibration) pay "
-         "for at its own cost (no one-off cost counted), with the 95% "
-         "bootstrap interval and the random range. The last column is the setting's LDS minus the preset's, **paired** "
-         "(both scored on every bootstrap resample of the same test coalitions and seeds); a setting is better than "
-         "the preset only where that interval lies above 0. Wall: the setting's own work in this invocation (its "
-         "cached utilities are not re-timed).", "",
-         "| setting | value | median s / coalition | coalitions | property | within-size Spearman [95%] | LDS [95%] "
-         "| random 95% | LDS − preset [95%], paired | wall (min) |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, value, t, count, p, w, res, diff, wall in rows:
-        lds = "–" if res is None else f"{res.lds:.1f} [{res.lo:.1f}, {res.hi:.1f}]"
-        rnd = "–" if res is None else f"{res.random_lo:.1f} to {res.random_hi:.1f}"
-        dif = "–" if diff is None else f"{diff.difference:+.1f} [{diff.lo:+.1f}, {diff.hi:+.1f}]"
-        L.append(f"| {name} | {value} | {t:.2f} | {count} | {p} | {w.pooled:.3f} [{w.lo:.3f}, {w.hi:.3f}] | {lds} "
-                 f"| {rnd} | {dif} | {wall / 60:.1f} |")
-    (RESULTS / f"fidelity-sweep{'-quick' if args.quick else ''}.md").write_text("\n".join(L) + "\n")
-    print("\n".join(L), flush=True)
+        write([f"{n}={v}" for n, v, _ in settings[i + 1:]])
 
 
 def coalition_masks(cs, ids) -> np.ndarray:
