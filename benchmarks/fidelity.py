@@ -325,8 +325,8 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
              "for at its own cost (no one-off cost counted), with the 95% "
              "bootstrap interval and the random range. The last column is the setting's LDS minus the preset's, **paired** "
              "(both scored on every bootstrap resample of the same test coalitions and seeds); a setting is better than "
-             "the preset only where that interval lies above 0. Wall: the setting's own work in this invocation (its "
-             "cached utilities are not re-timed).", "",
+             "the preset only where that interval lies above 0. Wall: the setting's own work, summed over the "
+             "invocations that measured it (`fidelity-sweep-walls.json` in the work directory).", "",
              "| setting | value | median s / coalition | coalitions | property | within-size Spearman [95%] | LDS [95%] "
              "| random 95% | LDS − preset [95%], paired | wall (min) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -358,6 +358,7 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
         cs = masks_to_coalitions(masks, ids)
         pool.run([(scfg.to_dict(), list(c.members), "sft", scfg.finetune.seed) for c in cs], f"sweep {name}={value}: pool")
         us = utilities(scfg, "sft")
+        wall = sweep_wall(workdir, f"{name}={value}", time.perf_counter() - t0)
         for p in props:
             w = within_size_spearman(np.array([c.size for c in test_cs[a]]), np.array([us[(c.key, p)] for c in test_cs[a]]),
                                      measured[a][p].mean(axis=0), seed=cfg.lds.seed)
@@ -367,8 +368,18 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
                 reference[p] = phi
             diff = (lds_difference(phi, reference[p], test_masks, measured[a][p], seed=cfg.lds.seed)
                     if change and phi is not None and reference.get(p) is not None else None)
-            rows.append((name, value, t, count, p, w, res, diff, time.perf_counter() - t0))
+            rows.append((name, value, t, count, p, w, res, diff, wall))
         write([f"{n}={v}" for n, v, _ in settings[i + 1:]])
+
+
+def sweep_wall(workdir: Path, setting: str, seconds: float) -> float:
+    """Add this invocation's seconds for one sweep setting to ``<workdir>/fidelity-sweep-walls.json``; the
+    total, so a setting measured across a stop and a resume reports all its work (a cached rerun adds little)."""
+    path = workdir / "fidelity-sweep-walls.json"
+    walls = json.loads(path.read_text()) if path.exists() else {}
+    walls[setting] = walls.get(setting, 0.0) + seconds
+    _write_json(path, walls)
+    return walls[setting]
 
 
 def coalition_masks(cs, ids) -> np.ndarray:
