@@ -352,7 +352,8 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
             stages.prune_base_model(scfg, RunLayout.at(wd), print)
         first = [(scfg.to_dict(), list(c.members), "sft", scfg.finetune.seed) for c in [full, *test_cs[a]]]
         pool.run(first, f"sweep {name}={value}: test coalitions")
-        t = statistics.median(elapsed(scfg, "sft", [c.key for c in test_cs[a]], scfg.finetune.seed))
+        t = sweep_cost(workdir, f"{name}={value}",
+                       lambda: statistics.median(elapsed(scfg, "sft", [c.key for c in test_cs[a]], scfg.finetune.seed)))
         count = min(int(budget * med["retrain"] / t), args.max_pool, 2 ** len(ids) - 2)
         masks = design.take(count)
         cs = masks_to_coalitions(masks, ids)
@@ -370,6 +371,17 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
                     if change and phi is not None and reference.get(p) is not None else None)
             rows.append((name, value, t, count, p, w, res, diff, wall))
         write([f"{n}={v}" for n, v, _ in settings[i + 1:]])
+
+
+def sweep_cost(workdir: Path, setting: str, measure) -> float:
+    """A sweep setting's median seconds per coalition, measured once per work directory
+    (``fidelity-sweep-costs.json``): a rerun sizes its pool as the first run did, as ``calibration`` does."""
+    path = workdir / "fidelity-sweep-costs.json"
+    costs = json.loads(path.read_text()) if path.exists() else {}
+    if setting not in costs:
+        costs[setting] = measure()
+        _write_json(path, costs)
+    return costs[setting]
 
 
 def sweep_wall(workdir: Path, setting: str, seconds: float) -> float:
