@@ -120,7 +120,7 @@ def shapley(masks: np.ndarray, keys: list[str], util: dict, prop: str, v_empty: 
 
 def main() -> int:
     args = parse()
-    from attribution_pipeline.coalitions import EMPTY_KEY, make_coalition, masks_to_coalitions
+    from attribution_pipeline.coalitions import make_coalition, masks_to_coalitions
     from attribution_pipeline.stages import contributor_ids
     from attribution_pipeline.valuation import CoalitionDesign
 
@@ -167,10 +167,7 @@ def main() -> int:
         jobs += [(cfgd, list(c.members), m, seed_of[m]) for cs in test_cs.values() for c in cs for m in ("sft", "ft")]
     pool.run(jobs, "test coalitions")
     if args.sweep_only:
-        ru = per_seed_utilities(cfg, "retrain", lds_seeds)
-        measured = {a: {p: np.array([[ru[(c.key, p, s)] for c in cs] for s in lds_seeds]) for p in props}
-                    for a, cs in test_cs.items()}
-        v0 = {p: utilities(cfg, "sft")[(EMPTY_KEY, p)] for p in props}
+        measured, v0 = test_utilities(cfg, test_cs, lds_seeds, props)
         sweep(args, cfg, pool, ids, full, design, budgets[0], med, test_cs, measured, alphas, v0)
         record_wall(cfg, {"started": started, "wall_s": round(time.perf_counter() - t_start, 1), "cold": cold,
                           "sweep": True, "sweep_only": True, "argv": sys.argv[1:]})
@@ -193,10 +190,7 @@ def main() -> int:
     from attribution_pipeline.evaluation import lds_difference, lds_score, spearman, within_size_spearman
 
     u = {m: utilities(cfg, m, [seed_of[m]]) for m in METHODS}
-    v0 = {p: utilities(cfg, "sft")[(EMPTY_KEY, p)] for p in props}
-    ru = per_seed_utilities(cfg, "retrain", lds_seeds)
-    measured = {a: {p: np.array([[ru[(c.key, p, s)] for c in cs] for s in lds_seeds]) for p in props}
-                for a, cs in test_cs.items()}
+    measured, v0 = test_utilities(cfg, test_cs, lds_seeds, props)
     phi = {}
     for b in budgets:
         for m in METHODS:
@@ -371,6 +365,16 @@ def sweep(args, cfg, pool, ids, full, design, budget, med, test_cs, measured, al
                     if change and phi is not None and reference.get(p) is not None else None)
             rows.append((name, value, t, count, p, w, res, diff, wall))
         write([f"{n}={v}" for n, v, _ in settings[i + 1:]])
+
+
+def test_utilities(cfg: PipelineConfig, test_cs: dict, lds_seeds: list[int], props: list[str]):
+    """The test coalitions' retrained utilities (α → property → seeds × coalitions) and v(∅) by sFT."""
+    from attribution_pipeline.coalitions import EMPTY_KEY
+
+    ru = per_seed_utilities(cfg, "retrain", lds_seeds)
+    measured = {a: {p: np.array([[ru[(c.key, p, s)] for c in cs] for s in lds_seeds]) for p in props}
+                for a, cs in test_cs.items()}
+    return measured, {p: utilities(cfg, "sft")[(EMPTY_KEY, p)] for p in props}
 
 
 def sweep_cost(workdir: Path, setting: str, measure) -> float:
