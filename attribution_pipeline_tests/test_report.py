@@ -150,7 +150,9 @@ def test_cached_baselines_report_what_they_cost_when_computed(reported):
     df = store.query("SELECT u.coalition_key, any_value(u.elapsed_s) AS s, any_value(c.members) AS members "
                      "FROM utilities u JOIN coalitions c USING (coalition_key) WHERE u.method = 'sft' GROUP BY ALL")
     paid = sum(s for s, m in zip(df["s"], df["members"]) if sorted(m) in members)
-    assert len(members) == len(ids) + 1 and paid > 1.0  # training and generating a tiny model: seconds, not zero
+    # a tiny model trains in well under a second per coalition on a fast machine (CI saw 0.98 s for all
+    # five), so the size of `paid` proves nothing; what does is that LOO's cost is the stored first cost
+    assert len(members) == len(ids) + 1 and paid > 0
     assert out.costs["loo_sft"] == pytest.approx(paid, rel=1e-6)
     computed = sum(read_manifest(gradients_dir(layout, n))["meta"]["seconds"] for n in ("train_loss", "generated_loss"))
     assert computed > 0 and out.costs["trak"] >= computed
