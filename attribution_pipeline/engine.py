@@ -34,6 +34,14 @@ CODE_LOCATION = "attribution_pipeline.definitions"
 # routable address), without usage reporting, and with Ray's token authentication set explicitly:
 # Ray 2.52+ turns it on by default for a new local cluster and clients without the token then fail.
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+# A local Ray shares the machine's cores with the runs it hosts, so what it does while they train is
+# cut back: its dashboard agent samples node and process statistics every 60 s, not every 5 (nothing
+# here reads them; the job API still answers), and the raylet starts no idle worker processes ahead of
+# need (each run is a job whose entrypoint is its own process, so the prestarted workers only polled).
+# Measured on an idle local engine of 2 workers (Ray, daemon and code server, 60 s, scratch script in
+# the note of issue 15): 5.9 CPU-s per minute with Ray's defaults, 4.4 with these.
+LOCAL_RAY_QUIET_ENV = {"REPORTER_UPDATE_INTERVAL_MS": "60000", "METRICS_RECORD_INTERVAL_S": "60"}
+LOCAL_RAY_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 
 
 class EngineError(RuntimeError):
@@ -66,7 +74,7 @@ def init_local_ray(ray, cpus: int, gpus: int | None, temp_dir: str) -> str:
     try:
         ctx = ray.init(num_cpus=cpus, num_gpus=gpus, resources={HEAD_RESOURCE: 1}, include_dashboard=True,
                        dashboard_host="127.0.0.1", dashboard_port=_free_port(), _temp_dir=temp_dir,
-                       logging_level="ERROR", log_to_driver=False)
+                       logging_level="ERROR", log_to_driver=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     finally:
         parameter.RayParams = original
         if on_terminate is not None and threading.current_thread() is threading.main_thread():
@@ -85,7 +93,7 @@ class LocalRay:
         self._temp: str | None = None
 
     def start(self) -> str:
-        for key, value in LOCAL_RAY_ENV.items():  # before Ray is imported: it reads some at import
+        for key, value in {**LOCAL_RAY_ENV, **LOCAL_RAY_QUIET_ENV}.items():  # before Ray is imported: it reads some at import
             os.environ.setdefault(key, value)
         import ray  # heavy (~1 s); only the engines that use it pay for it
 
