@@ -38,8 +38,8 @@ LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENAB
 # cut back: its dashboard agent samples node and process statistics every 60 s, not every 5 (nothing
 # here reads them; the job API still answers), and the raylet starts no idle worker processes ahead of
 # need (each run is a job whose entrypoint is its own process, so the prestarted workers only polled).
-# Measured on an idle local engine of 2 workers (Ray, daemon and code server, 60 s, scratch script in
-# the note of issue 15): 5.9 CPU-s per minute with Ray's defaults, 4.4 with these.
+# What an idle local engine takes from the runs with Ray's defaults and with these:
+# benchmarks/results/engine-idle.md (benchmarks/engine_idle.py).
 LOCAL_RAY_QUIET_ENV = {"REPORTER_UPDATE_INTERVAL_MS": "60000", "METRICS_RECORD_INTERVAL_S": "60"}
 LOCAL_RAY_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 
